@@ -1,0 +1,324 @@
+package overlayfuse
+
+import (
+	"context"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// copyUp gives n an upper object, copying up its parents first. It
+// returns at once for a node that has one.
+func (n *node) copyUp(ctx context.Context) syscall.Errno {
+	if n.ofs.readOnly() {
+		return syscall.EROFS
+	}
+	if n.upperFd() >= 0 {
+		return 0
+	}
+	n.ofs.copyMu.Lock()
+	defer n.ofs.copyMu.Unlock()
+	return n.copyUpLocked()
+}
+
+// parentNode is a name and directory of n; for a hard link, any of them.
+func (n *node) parentNode() (string, *node) {
+	name, p := n.Parent()
+	if p == nil {
+		return "", nil
+	}
+	pn, _ := p.Operations().(*node)
+	return name, pn
+}
+
+// copyUpLocked is copyUp with ofs.copyMu held.
+func (n *node) copyUpLocked() syscall.Errno {
+	if n.upperFd() >= 0 {
+		return 0
+	}
+	name, parent := n.parentNode()
+	if parent == nil {
+		return syscall.ESTALE
+	}
+	if errno := parent.copyUpLocked(); errno != 0 {
+		return errno
+	}
+	n.mu.Lock()
+	if len(n.lowers) == 0 {
+		n.mu.Unlock()
+		return syscall.ESTALE
+	}
+	src := n.lowers[0].fd
+	n.mu.Unlock()
+
+	ufd, errno := n.ofs.copyUpObject(src, parent.upperFd(), name)
+	if errno != 0 {
+		return errno
+	}
+	n.setUpper(ufd)
+	n.linkUpAliases(parent, name)
+	return 0
+}
+
+// setUpper records a fresh upper object of n. A non-directory stops
+// looking at its lower object; a directory keeps merging its lowers.
+func (n *node) setUpper(ufd int) {
+	var st unix.Stat_t
+	if fstat(ufd, &st) == nil {
+		n.ofs.setAlias(n.ofs.ino(st.Dev, st.Ino), n.StableAttr().Ino)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.upper = ufd
+	if !n.isDir() {
+		for _, l := range n.lowers {
+			n.retired = append(n.retired, l.fd)
+		}
+		n.lowers = nil
+		if n.lowerNlink > 0 {
+			n.lowerMoved++
+		}
+	}
+}
+
+// linkUpAliases links every other known name of a copied-up lower hard
+// link to the new upper file, so all names keep showing one file.
+func (n *node) linkUpAliases(done *node, doneName string) {
+	n.mu.Lock()
+	aliases := append([]alias(nil), n.aliases...)
+	n.mu.Unlock()
+	for _, a := range aliases {
+		if a.parent == done && a.name == doneName {
+			continue
+		}
+		if a.parent.GetChild(a.name) != n.EmbeddedInode() {
+			continue
+		}
+		_ = n.linkUpLocked(a.parent, a.name)
+	}
+}
+
+// linkUp links name in parent to n's upper file when that name of a lower
+// hard link is still lower-only.
+func (n *node) linkUp(parent *node, name string) syscall.Errno {
+	n.mu.Lock()
+	need := n.upper >= 0 && n.lowerNlink > 0
+	n.mu.Unlock()
+	if !need {
+		return 0
+	}
+	n.ofs.copyMu.Lock()
+	defer n.ofs.copyMu.Unlock()
+	return n.linkUpLocked(parent, name)
+}
+
+func (n *node) linkUpLocked(parent *node, name string) syscall.Errno {
+	if errno := parent.copyUpLocked(); errno != 0 {
+		return errno
+	}
+	pfd := parent.upperFd()
+	var st unix.Stat_t
+	if err := lstatAt(pfd, name, &st); err == nil {
+		return 0 // already there
+	}
+	if err := unix.Linkat(n.upperFd(), "", pfd, name, unix.AT_EMPTY_PATH); err != nil {
+		return toErrno(err)
+	}
+	n.mu.Lock()
+	n.lowerMoved++
+	n.mu.Unlock()
+	return 0
+}
+
+// copyUpObject copies the lower object src to name in the upper directory
+// dstDir: it is built in the work dir, with data, owner, mode, xattrs and
+// times, then renamed into place, so a crash never shows half a copy. It
+// returns an O_PATH fd of the new object.
+func (ofs *overlayFS) copyUpObject(src, dstDir int, name string) (int, syscall.Errno) {
+	var st unix.Stat_t
+	if err := fstat(src, &st); err != nil {
+		return -1, toErrno(err)
+	}
+	tmp := ofs.tmpName()
+	work := ofs.workFd
+	if errno := ofs.buildCopy(src, &st, tmp); errno != 0 {
+		_ = removeAt(work, tmp, st.Mode&unix.S_IFMT == unix.S_IFDIR)
+		return -1, errno
+	}
+	fd, err := openPath(work, tmp)
+	if err == nil {
+		err = unix.Renameat2(work, tmp, dstDir, name, unix.RENAME_NOREPLACE)
+		if err != nil {
+			unix.Close(fd)
+		}
+	}
+	if err != nil {
+		_ = removeAt(work, tmp, st.Mode&unix.S_IFMT == unix.S_IFDIR)
+		return -1, toErrno(err)
+	}
+	return fd, 0
+}
+
+// buildCopy makes tmp in the work dir a copy of src.
+func (ofs *overlayFS) buildCopy(src int, st *unix.Stat_t, tmp string) syscall.Errno {
+	work := ofs.workFd
+	mode := st.Mode & unix.S_IFMT
+	switch mode {
+	case unix.S_IFREG:
+		in, err := reopen(src, unix.O_RDONLY|unix.O_NOATIME)
+		if err == unix.EPERM {
+			in, err = reopen(src, unix.O_RDONLY)
+		}
+		if err != nil {
+			return toErrno(err)
+		}
+		defer unix.Close(in)
+		out, err := unix.Openat(work, tmp, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return toErrno(err)
+		}
+		defer unix.Close(out)
+		if err := copyData(in, out, st.Size); err != nil {
+			return toErrno(err)
+		}
+	case unix.S_IFDIR:
+		if err := unix.Mkdirat(work, tmp, 0o700); err != nil {
+			return toErrno(err)
+		}
+	case unix.S_IFLNK:
+		target := make([]byte, st.Size+1)
+		sz, err := unix.Readlinkat(src, "", target)
+		if err != nil {
+			return toErrno(err)
+		}
+		if err := unix.Symlinkat(string(target[:sz]), work, tmp); err != nil {
+			return toErrno(err)
+		}
+	default:
+		if err := unix.Mknodat(work, tmp, st.Mode, int(st.Rdev)); err != nil {
+			return toErrno(err)
+		}
+	}
+	if err := unix.Fchownat(work, tmp, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return toErrno(err)
+	}
+	if mode != unix.S_IFLNK {
+		// After chown, which clears set-id bits.
+		if err := unix.Fchmodat(work, tmp, st.Mode&07777, 0); err != nil {
+			return toErrno(err)
+		}
+	}
+	if errno := copyXattrs(src, work, tmp); errno != 0 {
+		return errno
+	}
+	ts := []unix.Timespec{st.Atim, st.Mtim}
+	return toErrno(unix.UtimesNanoAt(work, tmp, ts, unix.AT_SYMLINK_NOFOLLOW))
+}
+
+// copyXattrs copies every attribute of src but the private ones to name in
+// dirfd.
+func copyXattrs(src, dirfd int, name string) syscall.Errno {
+	names, err := listxattrAll(src)
+	if err != nil {
+		if err == unix.ENOTSUP {
+			return 0
+		}
+		return toErrno(err)
+	}
+	if len(names) == 0 {
+		return 0
+	}
+	dst, err := openPath(dirfd, name)
+	if err != nil {
+		return toErrno(err)
+	}
+	defer unix.Close(dst)
+	for _, attr := range names {
+		if isPrivateXattr(attr) {
+			continue
+		}
+		val, err := getxattrAll(src, attr)
+		if err == unix.ENODATA {
+			continue
+		}
+		if err != nil {
+			return toErrno(err)
+		}
+		if err := fsetxattr(dst, attr, val, 0); err != nil && err != unix.ENOTSUP {
+			return toErrno(err)
+		}
+	}
+	return 0
+}
+
+// copyData copies size bytes from in to out inside the kernel: a reflink
+// where the filesystem has them, otherwise copy_file_range over the data
+// extents only, so holes stay holes.
+func copyData(in, out int, size int64) error {
+	if size == 0 {
+		return nil
+	}
+	if unix.IoctlFileClone(out, in) == nil {
+		return nil
+	}
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(in, off, unix.SEEK_DATA)
+		if err == unix.ENXIO {
+			break // the rest is a hole
+		}
+		if err != nil {
+			return err
+		}
+		hole, err := unix.Seek(in, data, unix.SEEK_HOLE)
+		if err != nil {
+			return err
+		}
+		if err := copyRange(in, out, data, hole-data); err != nil {
+			return err
+		}
+		off = hole
+	}
+	return unix.Ftruncate(out, size)
+}
+
+func copyRange(in, out int, off, n int64) error {
+	roff, woff := off, off
+	for n > 0 {
+		c, err := unix.CopyFileRange(in, &roff, out, &woff, int(min(n, 1<<30)), 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EXDEV || err == unix.ENOSYS || err == unix.EOPNOTSUPP || err == unix.EINVAL {
+			return sendRange(in, out, roff, woff, n)
+		}
+		if err != nil {
+			return err
+		}
+		if c == 0 {
+			return nil // the file shrank under us
+		}
+		n -= int64(c)
+	}
+	return nil
+}
+
+// sendRange is copyRange for filesystem pairs copy_file_range refuses.
+func sendRange(in, out int, roff, woff, n int64) error {
+	if _, err := unix.Seek(out, woff, 0); err != nil {
+		return err
+	}
+	for n > 0 {
+		c, err := unix.Sendfile(out, in, &roff, int(min(n, 1<<30)))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if c == 0 {
+			return nil
+		}
+		n -= int64(c)
+	}
+	return nil
+}

@@ -1,0 +1,194 @@
+package overlayfuse
+
+import (
+	"context"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// openFlagsPassed are the open flags that reach the backing file; the
+// creation flags were dealt with by the overlay.
+const openFlagsPassed = unix.O_ACCMODE | unix.O_APPEND | unix.O_SYNC | unix.O_DSYNC |
+	unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK | unix.O_TRUNC | unix.O_LARGEFILE
+
+// file is an open overlay file, stacked on an open real file.
+type file struct {
+	n *node
+
+	mu    sync.RWMutex
+	fd    int
+	flags uint32
+	// upper: fd is the upper file. A read-only handle opened before a
+	// copy-up moves over to the upper file at its next read, so it sees
+	// what was written after.
+	upper bool
+}
+
+var (
+	_ fs.FileReader         = (*file)(nil)
+	_ fs.FileWriter         = (*file)(nil)
+	_ fs.FileFsyncer        = (*file)(nil)
+	_ fs.FileFlusher        = (*file)(nil)
+	_ fs.FileReleaser       = (*file)(nil)
+	_ fs.FileGetattrer      = (*file)(nil)
+	_ fs.FileAllocater      = (*file)(nil)
+	_ fs.FileLseeker        = (*file)(nil)
+	_ fs.NodeOpener         = (*node)(nil)
+	_ fs.NodeCopyFileRanger = (*node)(nil)
+)
+
+func (n *node) newFile(fd int, flags uint32, upper bool) *file {
+	return &file{n: n, fd: fd, flags: flags, upper: upper}
+}
+
+func isWritable(flags uint32) bool {
+	return flags&unix.O_ACCMODE != unix.O_RDONLY || flags&unix.O_TRUNC != 0
+}
+
+func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if isWritable(flags) {
+		if n.ofs.readOnly() {
+			return nil, 0, syscall.EROFS
+		}
+		// Copy up before the open returns: a writable map then always
+		// maps the upper file.
+		if errno := n.copyUp(ctx); errno != 0 {
+			return nil, 0, errno
+		}
+	}
+	n.mu.Lock()
+	real, upper := n.realFdLocked(), n.upper >= 0
+	n.mu.Unlock()
+	flags &= openFlagsPassed
+	fd, err := reopen(real, int(flags))
+	if err != nil {
+		return nil, 0, toErrno(err)
+	}
+	return n.newFile(fd, flags, upper), fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// readFd is the fd reads go to: for a read-only handle of a lower file
+// that has been copied up since, a fresh fd of the upper file.
+func (f *file) readFd() (int, syscall.Errno) {
+	f.mu.RLock()
+	fd, upper := f.fd, f.upper
+	f.mu.RUnlock()
+	if upper {
+		return fd, 0
+	}
+	up := f.n.upperFd()
+	if up < 0 {
+		return fd, 0
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.upper {
+		return f.fd, 0
+	}
+	nfd, err := reopen(up, int(f.flags&^unix.O_TRUNC))
+	if err != nil {
+		return -1, toErrno(err)
+	}
+	// The old fd may be in use by a concurrent read; dup2 swaps the file
+	// under the same number atomically.
+	if err := unix.Dup3(nfd, f.fd, unix.O_CLOEXEC); err != nil {
+		unix.Close(nfd)
+		return -1, toErrno(err)
+	}
+	unix.Close(nfd)
+	f.upper = true
+	return f.fd, 0
+}
+
+func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	fd, errno := f.readFd()
+	if errno != 0 {
+		return nil, errno
+	}
+	n, err := unix.Pread(fd, dest, off)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n, err := unix.Pwrite(f.fd, data, off)
+	return uint32(n), toErrno(err)
+}
+
+func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if flags&fsyncFdatasync != 0 {
+		return toErrno(unix.Fdatasync(f.fd))
+	}
+	return toErrno(unix.Fsync(f.fd))
+}
+
+func (f *file) Flush(ctx context.Context) syscall.Errno { return 0 }
+
+func (f *file) Release(ctx context.Context) syscall.Errno {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fd < 0 {
+		return syscall.EBADF
+	}
+	err := unix.Close(f.fd)
+	f.fd = -1
+	return toErrno(err)
+}
+
+func (f *file) fstat(st *unix.Stat_t) syscall.Errno {
+	fd, errno := f.readFd()
+	if errno != 0 {
+		return errno
+	}
+	return toErrno(fstat(fd, st))
+}
+
+func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
+	return f.n.Getattr(ctx, f, out)
+}
+
+func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return toErrno(unix.Fallocate(f.fd, mode, int64(off), int64(size)))
+}
+
+func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	fd, errno := f.readFd()
+	if errno != 0 {
+		return 0, errno
+	}
+	n, err := unix.Seek(fd, int64(off), int(whence))
+	return uint64(n), toErrno(err)
+}
+
+func (n *node) CopyFileRange(ctx context.Context, fhIn fs.FileHandle, offIn uint64, out *fs.Inode, fhOut fs.FileHandle,
+	offOut uint64, length uint64, flags uint64) (uint32, syscall.Errno) {
+	in, ok1 := fhIn.(*file)
+	dst, ok2 := fhOut.(*file)
+	if !ok1 || !ok2 {
+		return 0, syscall.EXDEV
+	}
+	rfd, errno := in.readFd()
+	if errno != 0 {
+		return 0, errno
+	}
+	dst.mu.RLock()
+	defer dst.mu.RUnlock()
+	roff, woff := int64(offIn), int64(offOut)
+	c, err := unix.CopyFileRange(rfd, &roff, dst.fd, &woff, int(length), int(flags))
+	return uint32(c), toErrno(err)
+}
+
+// fsyncFdatasync is FUSE_FSYNC_FDATASYNC in fsync's flags.
+const fsyncFdatasync = 1

@@ -1,0 +1,302 @@
+package overlayfuse
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// cacheTimeout is how long the kernel may keep entries, attributes and
+// misses: lower layers never change and every change to the upper goes
+// through this mount, which keeps the kernel's caches right itself.
+const cacheTimeout = 24 * time.Hour
+
+// workSubdir is the scratch directory inside the work dir, the same one
+// kernel overlayfs uses (and empties on mount).
+const workSubdir = "work"
+
+// overlayFS is the state one mount shares between its nodes.
+type overlayFS struct {
+	opts   Options
+	upper  *layer // nil when read-only
+	lowers []*layer
+	workFd int // O_PATH fd of <work>/work, -1 when read-only
+
+	server  *fuse.Server
+	root    *node
+	rootIno uint64
+
+	// fsIndex numbers the filesystems the layers live on, so that inode
+	// numbers from different filesystems cannot collide.
+	fsIndex map[uint64]uint64
+
+	mu sync.Mutex
+	// inoAlias maps the inode number of a copied-up upper file to the
+	// number of the lower file it came from, so st_ino stays stable.
+	inoAlias map[uint64]uint64
+	// nodes are the live nodes by inode number: the lookup of a lower
+	// hard link whose other name was copied up finds the copied node.
+	nodes map[uint64]*node
+
+	// copyMu serializes copy-ups: parents first, each exactly once.
+	copyMu sync.Mutex
+	tmpSeq atomic.Uint64
+}
+
+func newOverlayFS(layers Layers, opts Options) (*overlayFS, error) {
+	if len(layers.Lower) == 0 {
+		return nil, errors.New("no lower layer")
+	}
+	if opts.ReadOnly {
+		layers.Upper, layers.Work = "", ""
+	}
+	if (layers.Upper == "") != (layers.Work == "") {
+		return nil, errors.New("upperdir and workdir go together")
+	}
+	ofs := &overlayFS{
+		opts:     opts,
+		workFd:   -1,
+		fsIndex:  map[uint64]uint64{},
+		inoAlias: map[uint64]uint64{},
+		nodes:    map[uint64]*node{},
+	}
+	fail := func(err error) (*overlayFS, error) {
+		ofs.close()
+		return nil, err
+	}
+	if layers.Upper != "" {
+		up, err := openLayer(layers.Upper, true)
+		if err != nil {
+			return fail(err)
+		}
+		ofs.upper = up
+		ofs.indexFS(up.dev)
+		wfd, err := openWork(layers.Work, up.dev)
+		if err != nil {
+			return fail(err)
+		}
+		ofs.workFd = wfd
+	}
+	for _, p := range layers.Lower {
+		if p == "" {
+			return fail(errors.New("empty lowerdir"))
+		}
+		l, err := openLayer(p, false)
+		if err != nil {
+			return fail(err)
+		}
+		ofs.lowers = append(ofs.lowers, l)
+		ofs.indexFS(l.dev)
+	}
+	raiseFileLimit()
+	return ofs, nil
+}
+
+// openWork prepares <work>/work on the upper's filesystem and empties it
+// of what an interrupted copy-up left.
+func openWork(work string, upperDev uint64) (int, error) {
+	wfd, err := unix.Open(work, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open workdir %s: %w", work, err)
+	}
+	defer unix.Close(wfd)
+	var st unix.Stat_t
+	if err := fstat(wfd, &st); err != nil {
+		return -1, fmt.Errorf("stat workdir %s: %w", work, err)
+	}
+	if uint64(st.Dev) != upperDev {
+		return -1, fmt.Errorf("workdir %s is not on the upperdir's filesystem", work)
+	}
+	if err := unix.Mkdirat(wfd, workSubdir, 0o700); err != nil && err != unix.EEXIST {
+		return -1, fmt.Errorf("workdir %s: %w", work, err)
+	}
+	fd, err := openBeneath(wfd, workSubdir, unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return -1, fmt.Errorf("workdir %s: %w", work, err)
+	}
+	if err := removeChildren(fd); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("clean workdir %s: %w", work, err)
+	}
+	return fd, nil
+}
+
+func (ofs *overlayFS) indexFS(dev uint64) {
+	if _, ok := ofs.fsIndex[dev]; !ok {
+		ofs.fsIndex[dev] = uint64(len(ofs.fsIndex))
+	}
+}
+
+// ino maps a real inode number to the overlay's: the first filesystem's
+// numbers pass unchanged, others get their index in the top bits.
+func (ofs *overlayFS) ino(dev, ino uint64) uint64 {
+	return ino ^ ofs.fsIndex[dev]<<56
+}
+
+func (ofs *overlayFS) close() {
+	ofs.upper.close()
+	for _, l := range ofs.lowers {
+		l.close()
+	}
+	if ofs.workFd >= 0 {
+		unix.Close(ofs.workFd)
+		ofs.workFd = -1
+	}
+}
+
+func (ofs *overlayFS) readOnly() bool { return ofs.upper == nil }
+
+func (ofs *overlayFS) fsOptions() *fs.Options {
+	timeout := cacheTimeout
+	return &fs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther:        true,
+			Options:           ofs.mountOptions(),
+			FsName:            ofs.opts.FsName,
+			Name:              "overlayfuse",
+			DirectMountStrict: true,
+			MaxWrite:          1 << 20,
+			Debug:             ofs.opts.Debug,
+			Logger:            ofs.opts.Logger,
+			MaxStackDepth:     2,
+		},
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		NullPermissions: true,
+		RootStableAttr:  &fs.StableAttr{Ino: ofs.rootIno, Gen: 1},
+		Logger:          ofs.opts.Logger,
+	}
+}
+
+func (ofs *overlayFS) mountOptions() []string {
+	o := []string{"default_permissions"}
+	if ofs.readOnly() {
+		o = append(o, "ro")
+	}
+	return o
+}
+
+func (ofs *overlayFS) newRoot() (*node, error) {
+	top := ofs.topLayer()
+	var st unix.Stat_t
+	if err := fstat(top.fd, &st); err != nil {
+		return nil, fmt.Errorf("stat %s: %w", top.path, err)
+	}
+	n := &node{ofs: ofs, upper: -1}
+	var layers []*layer
+	if ofs.upper != nil {
+		layers = append(layers, ofs.upper)
+	}
+	layers = append(layers, ofs.lowers...)
+	for _, l := range layers {
+		fd, err := openBeneath(l.fd, ".", unix.O_PATH|unix.O_DIRECTORY)
+		if err != nil {
+			n.closeFds()
+			return nil, fmt.Errorf("open %s: %w", l.path, err)
+		}
+		if l.upper {
+			n.upper = fd
+			continue
+		}
+		n.lowers = append(n.lowers, lowerRef{layer: l, fd: fd})
+		if opaque, _ := isOpaque(fd); opaque {
+			break
+		}
+	}
+	ofs.root = n
+	ofs.rootIno = ofs.ino(st.Dev, st.Ino)
+	return n, nil
+}
+
+func (ofs *overlayFS) topLayer() *layer {
+	if ofs.upper != nil {
+		return ofs.upper
+	}
+	return ofs.lowers[0]
+}
+
+func (ofs *overlayFS) afterMount() error {
+	if ofs.opts.Passthrough == PassthroughOn {
+		return errors.New("passthrough=on: FUSE passthrough is not available on this mount")
+	}
+	return nil
+}
+
+func (ofs *overlayFS) passthroughActive() bool { return false }
+
+// tmpName names a fresh scratch entry in the work dir.
+func (ofs *overlayFS) tmpName() string {
+	return "#" + strconv.FormatUint(ofs.tmpSeq.Add(1), 16)
+}
+
+func (ofs *overlayFS) register(n *node) {
+	ofs.mu.Lock()
+	ofs.nodes[n.StableAttr().Ino] = n
+	ofs.mu.Unlock()
+}
+
+func (ofs *overlayFS) unregister(n *node) {
+	ofs.mu.Lock()
+	if ofs.nodes[n.StableAttr().Ino] == n {
+		delete(ofs.nodes, n.StableAttr().Ino)
+	}
+	ofs.mu.Unlock()
+}
+
+func (ofs *overlayFS) liveNode(ino uint64) *node {
+	ofs.mu.Lock()
+	defer ofs.mu.Unlock()
+	return ofs.nodes[ino]
+}
+
+func (ofs *overlayFS) alias(ino uint64) uint64 {
+	ofs.mu.Lock()
+	defer ofs.mu.Unlock()
+	if a, ok := ofs.inoAlias[ino]; ok {
+		return a
+	}
+	return ino
+}
+
+func (ofs *overlayFS) setAlias(upperIno, ino uint64) {
+	if upperIno == ino {
+		return
+	}
+	ofs.mu.Lock()
+	ofs.inoAlias[upperIno] = ino
+	ofs.mu.Unlock()
+}
+
+// raiseFileLimit lifts RLIMIT_NOFILE to its hard limit: every node holds
+// an O_PATH fd of its real file.
+func raiseFileLimit() {
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) != nil {
+		return
+	}
+	if max, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		if v, err := strconv.ParseUint(string(trimNL(max)), 10, 64); err == nil && v > rl.Max && os.Geteuid() == 0 {
+			rl.Max = v
+		}
+	}
+	if rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		_ = unix.Setrlimit(unix.RLIMIT_NOFILE, &rl)
+	}
+}
+
+func trimNL(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}

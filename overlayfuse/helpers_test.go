@@ -1,0 +1,121 @@
+package overlayfuse
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/overlayfuse/overlayfuse/internal/testutil"
+	"golang.org/x/sys/unix"
+)
+
+// testMount is one overlay mounted for a test.
+type testMount struct {
+	dir    string // merged view
+	upper  string
+	work   string
+	lowers []string
+	srv    *Server
+}
+
+// newLayers makes n empty lower dirs plus upper and work under a temp dir.
+func newLayers(t *testing.T, n int) (lowers []string, upper, work string) {
+	t.Helper()
+	base := t.TempDir()
+	for i := 0; i < n; i++ {
+		l := filepath.Join(base, "lower"+itoa(i))
+		must(t, os.Mkdir(l, 0o755))
+		lowers = append(lowers, l)
+	}
+	upper, work = filepath.Join(base, "upper"), filepath.Join(base, "work")
+	must(t, os.Mkdir(upper, 0o755))
+	must(t, os.Mkdir(work, 0o755))
+	return lowers, upper, work
+}
+
+// mountLayers mounts the overlay and unmounts it when the test ends.
+func mountLayers(t *testing.T, lowers []string, upper, work string, opts Options) *testMount {
+	t.Helper()
+	testutil.RequireFUSE(t)
+	dir := filepath.Join(t.TempDir(), "merged")
+	must(t, os.Mkdir(dir, 0o755))
+	srv, err := Mount(dir, Layers{Lower: lowers, Upper: upper, Work: work}, opts)
+	if err != nil {
+		t.Fatalf("Mount: %v", err)
+	}
+	m := &testMount{dir: dir, upper: upper, work: work, lowers: lowers, srv: srv}
+	t.Cleanup(func() { m.unmount(t) })
+	return m
+}
+
+func (m *testMount) unmount(t *testing.T) {
+	if m.srv == nil {
+		return
+	}
+	if err := m.srv.Unmount(); err != nil {
+		t.Errorf("Unmount: %v", err)
+		_ = unix.Unmount(m.dir, unix.MNT_DETACH)
+	}
+	m.srv = nil
+}
+
+func (m *testMount) path(p string) string { return filepath.Join(m.dir, p) }
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeFile(t testing.TB, path, data string, mode os.FileMode) {
+	t.Helper()
+	must(t, os.MkdirAll(filepath.Dir(path), 0o755))
+	must(t, os.WriteFile(path, []byte(data), mode))
+	must(t, os.Chmod(path, mode))
+}
+
+func readFile(t testing.TB, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func itoa(i int) string {
+	return string(rune('0'+i/100%10)) + string(rune('0'+i/10%10)) + string(rune('0'+i%10))
+}
+
+// wantErrno asserts err is the errno want.
+func wantErrno(t testing.TB, err error, want unix.Errno, what string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("%s: no error, want %v", what, want)
+	}
+	var e unix.Errno
+	for u := err; u != nil; {
+		if x, ok := u.(unix.Errno); ok {
+			e = x
+			break
+		}
+		if w, ok := u.(interface{ Unwrap() error }); ok {
+			u = w.Unwrap()
+		} else {
+			break
+		}
+	}
+	if e != want {
+		t.Fatalf("%s: %v, want %v", what, err, want)
+	}
+}
+
+func isWhiteoutPath(t testing.TB, p string) bool {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		return false
+	}
+	return isWhiteout(&st)
+}

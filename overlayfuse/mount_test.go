@@ -1,0 +1,66 @@
+package overlayfuse
+
+import (
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestSmoke mounts two lower layers and an upper, and checks the merge,
+// a copy-up by write, a create, and a whiteout.
+func TestSmoke(t *testing.T) {
+	lowers, upper, work := newLayers(t, 2)
+	writeFile(t, filepath.Join(lowers[1], "a"), "bottom a", 0o644)
+	writeFile(t, filepath.Join(lowers[1], "b"), "bottom b", 0o644)
+	writeFile(t, filepath.Join(lowers[0], "a"), "top a", 0o644)
+	writeFile(t, filepath.Join(lowers[1], "d/x"), "x", 0o644)
+	writeFile(t, filepath.Join(lowers[0], "d/y"), "y", 0o644)
+	m := mountLayers(t, lowers, upper, work, Options{Debug: os.Getenv("OFDEBUG") != ""})
+
+	if got := readFile(t, m.path("a")); got != "top a" {
+		t.Errorf("a = %q, want the top layer's", got)
+	}
+	ents, err := os.ReadDir(m.path("d"))
+	must(t, err)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	sort.Strings(names)
+	if strings.Join(names, ",") != "x,y" {
+		t.Errorf("d lists %v, want x,y", names)
+	}
+
+	f, err := os.OpenFile(m.path("b"), os.O_WRONLY|os.O_APPEND, 0)
+	must(t, err)
+	_, err = f.WriteString("+more")
+	must(t, err)
+	must(t, f.Close())
+	if got := readFile(t, m.path("b")); got != "bottom b+more" {
+		t.Errorf("b = %q after append", got)
+	}
+	if got := readFile(t, filepath.Join(upper, "b")); got != "bottom b+more" {
+		t.Errorf("upper b = %q", got)
+	}
+	if got := readFile(t, filepath.Join(lowers[1], "b")); got != "bottom b" {
+		t.Errorf("lower b changed to %q", got)
+	}
+
+	writeFile(t, m.path("d/new"), "new", 0o600)
+	must(t, os.Remove(m.path("d/x")))
+	if _, err := os.Stat(m.path("d/x")); !os.IsNotExist(err) {
+		t.Errorf("d/x after remove: %v", err)
+	}
+	if !isWhiteoutPath(t, filepath.Join(upper, "d/x")) {
+		t.Errorf("no whiteout for d/x in the upper dir")
+	}
+	var st unix.Stat_t
+	must(t, unix.Stat(m.path("d/new"), &st))
+	if st.Mode&0o777 != 0o600 {
+		t.Errorf("d/new mode %o", st.Mode&0o777)
+	}
+}

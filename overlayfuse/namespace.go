@@ -1,0 +1,323 @@
+package overlayfuse
+
+import (
+	"context"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	_ fs.NodeCreater   = (*node)(nil)
+	_ fs.NodeMkdirer   = (*node)(nil)
+	_ fs.NodeMknoder   = (*node)(nil)
+	_ fs.NodeSymlinker = (*node)(nil)
+	_ fs.NodeLinker    = (*node)(nil)
+	_ fs.NodeUnlinker  = (*node)(nil)
+	_ fs.NodeRmdirer   = (*node)(nil)
+)
+
+// newEntry is where a new name goes: the parent's upper directory, and
+// whether an upper whiteout must be replaced there.
+type newEntry struct {
+	dir          int
+	overWhiteout bool
+	uid, gid     int
+	setgid       bool // the parent passes its group and setgid on
+}
+
+// prepareNew checks that name is free in n and copies n up for it.
+func (n *node) prepareNew(ctx context.Context, name string) (ne newEntry, errno syscall.Errno) {
+	if n.ofs.readOnly() {
+		return ne, syscall.EROFS
+	}
+	if len(name) > 255 {
+		return ne, syscall.ENAMETOOLONG
+	}
+	e, errno := n.resolve(name)
+	if errno == 0 {
+		e.release()
+		return ne, syscall.EEXIST
+	}
+	if errno != syscall.ENOENT {
+		return ne, errno
+	}
+	if errno := n.copyUp(ctx); errno != 0 {
+		return ne, errno
+	}
+	ne.dir = n.upperFd()
+	ne.overWhiteout = e.upperWhiteout
+	ne.uid, ne.gid = -1, -1
+	if c, ok := fuse.FromContext(ctx); ok {
+		ne.uid, ne.gid = int(c.Uid), int(c.Gid)
+	}
+	var pst unix.Stat_t
+	if err := fstat(ne.dir, &pst); err != nil {
+		return ne, toErrno(err)
+	}
+	if pst.Mode&unix.S_ISGID != 0 {
+		ne.gid = int(pst.Gid)
+		ne.setgid = true
+	}
+	return ne, 0
+}
+
+// place moves tmp, built in the work dir, to name: over the upper
+// whiteout (whose removal then follows) or to a free name.
+func (ofs *overlayFS) place(tmp string, ne newEntry, name string) syscall.Errno {
+	if ne.overWhiteout {
+		if err := unix.Renameat2(ofs.workFd, tmp, ne.dir, name, unix.RENAME_EXCHANGE); err != nil {
+			_ = removeAt(ofs.workFd, tmp, true)
+			return toErrno(err)
+		}
+		_ = unix.Unlinkat(ofs.workFd, tmp, 0)
+		return 0
+	}
+	if err := unix.Renameat2(ofs.workFd, tmp, ne.dir, name, unix.RENAME_NOREPLACE); err != nil {
+		_ = removeAt(ofs.workFd, tmp, true)
+		return toErrno(err)
+	}
+	return 0
+}
+
+// own gives a new object its creator's owner; chown drops set-id bits,
+// so mode is set again where it has them.
+func own(dirfd int, name string, ne newEntry, mode uint32) error {
+	if ne.uid > 0 || ne.gid > 0 {
+		if err := unix.Fchownat(dirfd, name, ne.uid, ne.gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return err
+		}
+		if mode&(unix.S_ISUID|unix.S_ISGID) != 0 && mode&unix.S_IFMT != unix.S_IFLNK {
+			return unix.Fchmodat(dirfd, name, mode&07777, 0)
+		}
+	}
+	return nil
+}
+
+// makeNew creates one object with mk, in the work dir when it must
+// replace a whiteout, and returns its new node.
+func (n *node) makeNew(ctx context.Context, name string, mode uint32, out *fuse.EntryOut,
+	mk func(dirfd int, name string) error) (*fs.Inode, syscall.Errno) {
+	ne, errno := n.prepareNew(ctx, name)
+	if errno != 0 {
+		return nil, errno
+	}
+	if ne.setgid && mode&unix.S_IFMT == unix.S_IFDIR {
+		mode |= unix.S_ISGID
+	}
+	dir, at := ne.dir, name
+	if ne.overWhiteout {
+		dir, at = n.ofs.workFd, n.ofs.tmpName()
+	}
+	if err := mk(dir, at); err != nil {
+		return nil, toErrno(err)
+	}
+	if err := own(dir, at, ne, mode); err != nil {
+		_ = removeAt(dir, at, true)
+		return nil, toErrno(err)
+	}
+	if ne.overWhiteout {
+		if mode&unix.S_IFMT == unix.S_IFDIR {
+			// A directory made over a deleted one hides what was below.
+			fd, err := openPath(dir, at)
+			if err == nil {
+				err = setOpaque(fd)
+				unix.Close(fd)
+			}
+			if err != nil {
+				_ = removeAt(dir, at, true)
+				return nil, toErrno(err)
+			}
+		}
+		if errno := n.ofs.place(at, ne, name); errno != 0 {
+			return nil, errno
+		}
+	}
+	return n.newChild(ctx, name, out)
+}
+
+// newChild looks up a name just made in the upper directory.
+func (n *node) newChild(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	e, errno := n.resolve(name)
+	if errno != 0 {
+		return nil, errno
+	}
+	child, errno := n.ofs.nodeFor(ctx, n, name, &e)
+	if errno != 0 {
+		return nil, errno
+	}
+	var st unix.Stat_t
+	if err := fstat(child.realFd(), &st); err != nil {
+		return nil, toErrno(err)
+	}
+	child.fillAttr(&st, &out.Attr)
+	return child.EmbeddedInode(), 0
+}
+
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return n.makeNew(ctx, name, mode|unix.S_IFDIR, out, func(dirfd int, name string) error {
+		return unix.Mkdirat(dirfd, name, mode)
+	})
+}
+
+func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return n.makeNew(ctx, name, mode, out, func(dirfd int, name string) error {
+		return unix.Mknodat(dirfd, name, mode, int(dev))
+	})
+}
+
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return n.makeNew(ctx, name, unix.S_IFLNK, out, func(dirfd int, name string) error {
+		return unix.Symlinkat(target, dirfd, name)
+	})
+}
+
+func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	var fd int = -1
+	flags &^= unix.O_EXCL | unix.O_CREAT | unix.O_TRUNC
+	ch, errno := n.makeNew(ctx, name, mode|unix.S_IFREG, out, func(dirfd int, name string) error {
+		var err error
+		fd, err = unix.Openat(dirfd, name, int(flags)|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, mode&07777)
+		return err
+	})
+	if errno != 0 {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return nil, nil, 0, errno
+	}
+	child := ch.Operations().(*node)
+	return ch, child.newFile(fd, flags, true), fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	t, ok := target.(*node)
+	if !ok {
+		return nil, syscall.EXDEV
+	}
+	if n.ofs.readOnly() {
+		return nil, syscall.EROFS
+	}
+	if errno := t.copyUp(ctx); errno != 0 {
+		return nil, errno
+	}
+	ne, errno := n.prepareNew(ctx, name)
+	if errno != 0 {
+		return nil, errno
+	}
+	dir, at := ne.dir, name
+	if ne.overWhiteout {
+		dir, at = n.ofs.workFd, n.ofs.tmpName()
+	}
+	if err := unix.Linkat(t.upperFd(), "", dir, at, unix.AT_EMPTY_PATH); err != nil {
+		return nil, toErrno(err)
+	}
+	if ne.overWhiteout {
+		if errno := n.ofs.place(at, ne, name); errno != 0 {
+			return nil, errno
+		}
+	}
+	return n.newChild(ctx, name, out)
+}
+
+// lowerPositive reports whether a lower layer of n shows name, so that
+// removing it from the upper needs a whiteout.
+func (n *node) lowerPositive(name string) bool {
+	n.mu.Lock()
+	lowers := n.lowers
+	n.mu.Unlock()
+	for _, l := range lowers {
+		var st unix.Stat_t
+		if err := lstatAt(l.fd, name, &st); err != nil {
+			continue
+		}
+		return !isWhiteout(&st)
+	}
+	return false
+}
+
+// removeEntry takes name out of the merged view of n: the upper object
+// goes (to the work dir, atomically leaving a whiteout when a lower
+// layer has the name too), and a lower-only name gets a whiteout.
+func (n *node) removeEntry(ctx context.Context, name string, e *entry, dir bool) syscall.Errno {
+	if errno := n.copyUp(ctx); errno != 0 {
+		return errno
+	}
+	pfd := n.upperFd()
+	lower := n.lowerPositive(name)
+	if e.upper < 0 {
+		return toErrno(mkWhiteout(pfd, name))
+	}
+	if !lower {
+		flag := 0
+		if dir {
+			flag = unix.AT_REMOVEDIR
+		}
+		err := unix.Unlinkat(pfd, name, flag)
+		if err != unix.ENOTEMPTY {
+			return toErrno(err)
+		}
+		// An upper directory that only holds whiteouts.
+	}
+	tmp := n.ofs.tmpName()
+	flags := uint(0)
+	if lower {
+		flags = unix.RENAME_WHITEOUT
+	}
+	if err := unix.Renameat2(pfd, name, n.ofs.workFd, tmp, flags); err != nil {
+		return toErrno(err)
+	}
+	_ = removeAt(n.ofs.workFd, tmp, dir)
+	return 0
+}
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	if n.ofs.readOnly() {
+		return syscall.EROFS
+	}
+	e, errno := n.resolve(name)
+	if errno != 0 {
+		return errno
+	}
+	defer e.release()
+	if e.st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return syscall.EISDIR
+	}
+	if errno := n.removeEntry(ctx, name, &e, false); errno != 0 {
+		return errno
+	}
+	if ch := n.GetChild(name); ch != nil && e.upper < 0 {
+		if c, ok := ch.Operations().(*node); ok {
+			c.mu.Lock()
+			if c.lowerNlink > 0 {
+				c.lowerMoved++
+			}
+			c.mu.Unlock()
+		}
+	}
+	return 0
+}
+
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if n.ofs.readOnly() {
+		return syscall.EROFS
+	}
+	e, errno := n.resolve(name)
+	if errno != 0 {
+		return errno
+	}
+	defer e.release()
+	if e.st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return syscall.ENOTDIR
+	}
+	ents, errno := n.ofs.listMerged(e.upper, e.lowers)
+	if errno != 0 {
+		return errno
+	}
+	if len(ents) > 0 {
+		return syscall.ENOTEMPTY
+	}
+	return n.removeEntry(ctx, name, &e, true)
+}

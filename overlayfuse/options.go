@@ -1,0 +1,83 @@
+package overlayfuse
+
+import (
+	"fmt"
+	"log"
+)
+
+// Layers names the directories an overlay is made of.
+type Layers struct {
+	// Lower are the read-only layers, topmost first (as overlayfs' lowerdir=).
+	Lower []string
+	// Upper receives every change. Empty means a read-only overlay.
+	Upper string
+	// Work is a scratch directory on the upper's filesystem; copy-ups are
+	// built there and renamed into place. Required with Upper.
+	Work string
+}
+
+// Passthrough selects FUSE passthrough for file I/O (kernel >= 6.9).
+type Passthrough string
+
+const (
+	// PassthroughAuto uses passthrough when the kernel accepts it and
+	// falls back to serving I/O in process otherwise.
+	PassthroughAuto Passthrough = "auto"
+	// PassthroughOn fails the mount when passthrough cannot be used.
+	PassthroughOn Passthrough = "on"
+	// PassthroughOff serves all I/O in process.
+	PassthroughOff Passthrough = "off"
+)
+
+// Consistency selects what a file descriptor opened read-only before a
+// copy-up sees afterwards.
+type Consistency string
+
+const (
+	// ConsistencyDefault lets lower files use passthrough; a fd opened
+	// read-only before a copy-up may keep seeing the old data.
+	ConsistencyDefault Consistency = "default"
+	// ConsistencyStrict never passes lower files through, so read() and
+	// MAP_SHARED maps of such a fd see data written after the copy-up.
+	ConsistencyStrict Consistency = "strict"
+)
+
+// Options tune a mount. The zero value is a sensible default.
+type Options struct {
+	// ReadOnly mounts the overlay read-only even if Layers.Upper is set.
+	ReadOnly bool
+	// Passthrough defaults to PassthroughAuto.
+	Passthrough Passthrough
+	// Consistency defaults to ConsistencyDefault.
+	Consistency Consistency
+	// FsName is shown as the source in /proc/mounts (default "overlayfuse").
+	FsName string
+	// Debug logs every FUSE request.
+	Debug bool
+	// Logger receives diagnostics; nil means the standard logger.
+	Logger *log.Logger
+}
+
+func (o *Options) setDefaults() error {
+	switch o.Passthrough {
+	case "":
+		o.Passthrough = PassthroughAuto
+	case PassthroughAuto, PassthroughOn, PassthroughOff:
+	default:
+		return fmt.Errorf("passthrough=%q: want auto, on or off", o.Passthrough)
+	}
+	switch o.Consistency {
+	case "":
+		o.Consistency = ConsistencyDefault
+	case ConsistencyDefault, ConsistencyStrict:
+	default:
+		return fmt.Errorf("consistency=%q: want default or strict", o.Consistency)
+	}
+	if o.FsName == "" {
+		o.FsName = "overlayfuse"
+	}
+	if o.Logger == nil {
+		o.Logger = log.Default()
+	}
+	return nil
+}

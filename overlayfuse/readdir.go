@@ -1,0 +1,214 @@
+package overlayfuse
+
+import (
+	"context"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+type dirent struct {
+	name string
+	typ  uint8
+	ino  uint64
+}
+
+// readNames lists directory fd (opened O_RDONLY) without "." and "..".
+func readNames(fd int) ([]dirent, error) {
+	var out []dirent
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n <= 0 {
+			return out, nil
+		}
+		for b := buf[:n]; len(b) > 0; {
+			d := (*unix.Dirent)(unsafe.Pointer(&b[0]))
+			rec := b[:d.Reclen]
+			b = b[d.Reclen:]
+			nameb := rec[unsafe.Offsetof(d.Name):]
+			for i, c := range nameb {
+				if c == 0 {
+					nameb = nameb[:i]
+					break
+				}
+			}
+			name := string(nameb)
+			if name == "." || name == ".." {
+				continue
+			}
+			out = append(out, dirent{name: name, typ: d.Type, ino: d.Ino})
+		}
+	}
+}
+
+var dtToMode = map[uint8]uint32{
+	unix.DT_REG: syscall.S_IFREG, unix.DT_DIR: syscall.S_IFDIR, unix.DT_LNK: syscall.S_IFLNK,
+	unix.DT_CHR: syscall.S_IFCHR, unix.DT_BLK: syscall.S_IFBLK, unix.DT_FIFO: syscall.S_IFIFO,
+	unix.DT_SOCK: syscall.S_IFSOCK,
+}
+
+// mergedEntries lists directory n as the overlay shows it: upper first,
+// then each lower layer; the first layer holding a name wins, and
+// whiteouts hide the name in every layer below.
+func (n *node) mergedEntries() ([]fuse.DirEntry, syscall.Errno) {
+	n.mu.Lock()
+	upper, lowers := n.upper, n.lowers
+	n.mu.Unlock()
+	return n.ofs.listMerged(upper, lowers)
+}
+
+// listMerged is mergedEntries over explicit layer directories.
+func (ofs *overlayFS) listMerged(upper int, lowers []lowerRef) ([]fuse.DirEntry, syscall.Errno) {
+	type src struct {
+		fd    int
+		layer *layer
+	}
+	var srcs []src
+	if upper >= 0 {
+		srcs = append(srcs, src{upper, ofs.upper})
+	}
+	for _, l := range lowers {
+		srcs = append(srcs, src{l.fd, l.layer})
+	}
+
+	seen := map[string]struct{}{}
+	var out []fuse.DirEntry
+	for i, s := range srcs {
+		dfd, err := openBeneath(s.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY)
+		if err != nil {
+			return nil, toErrno(err)
+		}
+		names, err := readNames(dfd)
+		if err == nil {
+			for _, d := range names {
+				if _, ok := seen[d.name]; ok {
+					continue
+				}
+				if len(srcs) > 1 {
+					seen[d.name] = struct{}{}
+				}
+				typ := d.typ
+				if typ == unix.DT_CHR || typ == unix.DT_UNKNOWN {
+					var st unix.Stat_t
+					if lstatAt(dfd, d.name, &st) != nil || isWhiteout(&st) {
+						continue
+					}
+					typ = uint8(st.Mode & unix.S_IFMT >> 12)
+				}
+				ino := ofs.ino(s.layer.dev, d.ino)
+				if i == 0 && s.layer.upper {
+					ino = ofs.alias(ino)
+				}
+				out = append(out, fuse.DirEntry{Name: d.name, Mode: dtToMode[typ], Ino: ino})
+			}
+		}
+		unix.Close(dfd)
+		if err != nil {
+			return nil, toErrno(err)
+		}
+	}
+	return out, 0
+}
+
+// isEmptyDir reports whether directory n shows no entry.
+func (n *node) isEmptyDir() (bool, syscall.Errno) {
+	ents, errno := n.mergedEntries()
+	return len(ents) == 0, errno
+}
+
+var _ fs.NodeOpendirHandler = (*node)(nil)
+
+// OpendirHandle asks the kernel to cache the listing: it changes only
+// through this mount, and the kernel drops the cache itself then.
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	return &dirHandle{n: n}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// dirHandle serves one open directory from a listing made at first read.
+type dirHandle struct {
+	n       *node
+	mu      sync.Mutex
+	entries []fuse.DirEntry
+	loaded  bool
+	pos     int
+}
+
+var (
+	_ fs.FileReaddirenter = (*dirHandle)(nil)
+	_ fs.FileSeekdirer    = (*dirHandle)(nil)
+	_ fs.FileFsyncdirer   = (*dirHandle)(nil)
+)
+
+func (d *dirHandle) load() syscall.Errno {
+	if d.loaded {
+		return 0
+	}
+	ents, errno := d.n.mergedEntries()
+	if errno != 0 {
+		return errno
+	}
+	self := d.n.StableAttr().Ino
+	parentIno := self
+	if _, p := d.n.Parent(); p != nil {
+		parentIno = p.StableAttr().Ino
+	}
+	d.entries = append([]fuse.DirEntry{
+		{Name: ".", Mode: syscall.S_IFDIR, Ino: self},
+		{Name: "..", Mode: syscall.S_IFDIR, Ino: parentIno},
+	}, ents...)
+	for i := range d.entries {
+		d.entries[i].Off = uint64(i + 1)
+	}
+	d.loaded = true
+	return 0
+}
+
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if errno := d.load(); errno != 0 {
+		return nil, errno
+	}
+	if d.pos >= len(d.entries) {
+		return nil, 0
+	}
+	e := d.entries[d.pos]
+	d.pos++
+	return &e, 0
+}
+
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if off == 0 {
+		// rewinddir: list again.
+		d.loaded = false
+		d.entries = nil
+	}
+	d.pos = int(off)
+	return 0
+}
+
+func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	fd := d.n.upperFd()
+	if fd < 0 {
+		return 0
+	}
+	dfd, err := reopen(fd, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return toErrno(err)
+	}
+	defer unix.Close(dfd)
+	return toErrno(unix.Fsync(dfd))
+}

@@ -1,0 +1,166 @@
+package overlayfuse
+
+import (
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// resolveFlags confine every path walk to the layer it starts in: no
+// symlink (or /proc magic link) in a layer can send the root daemon
+// elsewhere.
+const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
+
+// openBeneath opens path relative to dirfd without leaving it and without
+// following any symlink.
+func openBeneath(dirfd int, path string, flags int) (int, error) {
+	for {
+		fd, err := unix.Openat2(dirfd, path, &unix.OpenHow{
+			Flags:   uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW),
+			Resolve: resolveFlags,
+		})
+		if err == unix.EINTR || err == unix.EAGAIN {
+			continue // EAGAIN: a concurrent rename raced the walk
+		}
+		return fd, err
+	}
+}
+
+// openPath opens one directory entry as an O_PATH handle, never
+// following it.
+func openPath(dirfd int, name string) (int, error) {
+	return unix.Openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+}
+
+// fdPath names fd through /proc, for the calls that have no *at form
+// taking an O_PATH descriptor of a regular file or directory.
+func fdPath(fd int) string {
+	return "/proc/self/fd/" + strconv.Itoa(fd)
+}
+
+// reopen opens the file an O_PATH descriptor refers to, with new flags.
+func reopen(fd int, flags int) (int, error) {
+	for {
+		nfd, err := unix.Open(fdPath(fd), flags|unix.O_CLOEXEC, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		return nfd, err
+	}
+}
+
+func fstat(fd int, st *unix.Stat_t) error {
+	return unix.Fstatat(fd, "", st, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW)
+}
+
+func lstatAt(dirfd int, name string, st *unix.Stat_t) error {
+	return unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// The xattr calls name an O_PATH fd through /proc: the *xattrat calls of
+// Linux 6.13 refuse O_PATH fds. A symlink cannot be named that way (the
+// walk fails with ELOOP), so symlinks show no xattrs.
+
+func xattrErr(err error) error {
+	if err == unix.ELOOP {
+		return unix.ENOTSUP
+	}
+	return err
+}
+
+func fgetxattr(fd int, attr string, dest []byte) (int, error) {
+	n, err := unix.Getxattr(fdPath(fd), attr, dest)
+	if err == unix.ELOOP {
+		return 0, unix.ENODATA
+	}
+	return n, err
+}
+
+func fsetxattr(fd int, attr string, data []byte, flags int) error {
+	return xattrErr(unix.Setxattr(fdPath(fd), attr, data, flags))
+}
+
+func flistxattr(fd int, dest []byte) (int, error) {
+	n, err := unix.Listxattr(fdPath(fd), dest)
+	if err == unix.ELOOP {
+		return 0, nil
+	}
+	return n, err
+}
+
+func fremovexattr(fd int, attr string) error {
+	err := unix.Removexattr(fdPath(fd), attr)
+	if err == unix.ELOOP {
+		return unix.ENODATA
+	}
+	return err
+}
+
+// getxattrAll reads a whole attribute value, growing the buffer as needed.
+func getxattrAll(fd int, attr string) ([]byte, error) {
+	buf := make([]byte, 256)
+	for {
+		n, err := fgetxattr(fd, attr, buf)
+		if err == unix.ERANGE {
+			sz, err := fgetxattr(fd, attr, nil)
+			if err != nil {
+				return nil, err
+			}
+			buf = make([]byte, sz+64)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return buf[:n], nil
+	}
+}
+
+// listxattrAll lists every attribute name of fd.
+func listxattrAll(fd int) ([]string, error) {
+	buf := make([]byte, 1024)
+	for {
+		n, err := flistxattr(fd, buf)
+		if err == unix.ERANGE {
+			sz, err := flistxattr(fd, nil)
+			if err != nil {
+				return nil, err
+			}
+			buf = make([]byte, sz+256)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return splitNul(buf[:n]), nil
+	}
+}
+
+func splitNul(b []byte) []string {
+	var out []string
+	start := 0
+	for i, c := range b {
+		if c == 0 {
+			if i > start {
+				out = append(out, string(b[start:i]))
+			}
+			start = i + 1
+		}
+	}
+	return out
+}
+
+func unmountDetach(mountpoint string) error {
+	return unix.Unmount(mountpoint, unix.MNT_DETACH)
+}
+
+func toErrno(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	if e, ok := err.(syscall.Errno); ok {
+		return e
+	}
+	return syscall.EIO
+}

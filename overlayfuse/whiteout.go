@@ -1,0 +1,82 @@
+package overlayfuse
+
+import (
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Kernel overlayfs' private attributes. Every trusted.overlay.* name is
+// private: hidden from and unsettable through the mount.
+const (
+	privateXattrPrefix = "trusted.overlay."
+	opaqueXattr        = "trusted.overlay.opaque"
+)
+
+func isPrivateXattr(name string) bool { return strings.HasPrefix(name, privateXattrPrefix) }
+
+// isOpaque reports whether directory fd hides the layers below it.
+func isOpaque(fd int) (bool, error) {
+	var buf [2]byte
+	n, err := fgetxattr(fd, opaqueXattr, buf[:])
+	if err != nil {
+		if err == unix.ENODATA || err == unix.ENOTSUP || err == unix.ERANGE {
+			return false, nil
+		}
+		return false, err
+	}
+	return n == 1 && buf[0] == 'y', nil
+}
+
+func setOpaque(fd int) error {
+	return fsetxattr(fd, opaqueXattr, []byte("y"), 0)
+}
+
+// mkWhiteout makes the kernel's whiteout, a 0/0 character device.
+func mkWhiteout(dirfd int, name string) error {
+	return unix.Mknodat(dirfd, name, unix.S_IFCHR, 0)
+}
+
+// removeChildren removes everything below directory fd, never following a
+// symlink.
+func removeChildren(fd int) error {
+	dfd, err := openBeneath(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dfd)
+	names, err := readNames(dfd)
+	if err != nil {
+		return err
+	}
+	for _, de := range names {
+		if err := removeAt(dfd, de.name, de.typ == unix.DT_DIR); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// removeAt removes name in dirfd, a directory with all it holds.
+func removeAt(dirfd int, name string, dir bool) error {
+	if !dir {
+		err := unix.Unlinkat(dirfd, name, 0)
+		if err != unix.EISDIR {
+			return err
+		}
+	}
+	err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+	if err != unix.ENOTEMPTY && err != unix.EEXIST {
+		return err
+	}
+	cfd, err := openBeneath(dirfd, name, unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return err
+	}
+	err = removeChildren(cfd)
+	unix.Close(cfd)
+	if err != nil {
+		return err
+	}
+	return unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+}
