@@ -145,6 +145,12 @@ func (ofs *overlayFS) copyUpObject(src, dstDir int, name string) (int, syscall.E
 		_ = removeAt(work, tmp, st.Mode&unix.S_IFMT == unix.S_IFDIR)
 		return -1, errno
 	}
+	// As the kernel, a copy-up leaves the parent's times as they were:
+	// the merged directory did not change.
+	var pst unix.Stat_t
+	if err := fstat(dstDir, &pst); err != nil {
+		return -1, toErrno(err)
+	}
 	fd, err := openPath(work, tmp)
 	if err == nil {
 		err = unix.Renameat2(work, tmp, dstDir, name, unix.RENAME_NOREPLACE)
@@ -156,6 +162,7 @@ func (ofs *overlayFS) copyUpObject(src, dstDir int, name string) (int, syscall.E
 		_ = removeAt(work, tmp, st.Mode&unix.S_IFMT == unix.S_IFDIR)
 		return -1, toErrno(err)
 	}
+	_ = unix.UtimesNanoAt(dstDir, "", []unix.Timespec{pst.Atim, pst.Mtim}, unix.AT_EMPTY_PATH)
 	return fd, 0
 }
 

@@ -3,7 +3,9 @@ package overlayfuse
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
+	"time"
 
 	"github.com/overlayfuse/overlayfuse/internal/testutil"
 	"golang.org/x/sys/unix"
@@ -37,8 +39,12 @@ func newLayers(t *testing.T, n int) (lowers []string, upper, work string) {
 func mountLayers(t *testing.T, lowers []string, upper, work string, opts Options) *testMount {
 	t.Helper()
 	testutil.RequireFUSE(t)
-	dir := filepath.Join(t.TempDir(), "merged")
+	tmp := t.TempDir()
+	dir := filepath.Join(tmp, "merged")
 	must(t, os.Mkdir(dir, 0o755))
+	// Let tests acting as other users reach the mount.
+	must(t, os.Chmod(tmp, 0o755))
+	must(t, os.Chmod(filepath.Dir(tmp), 0o755))
 	srv, err := Mount(dir, Layers{Lower: lowers, Upper: upper, Work: work}, opts)
 	if err != nil {
 		t.Fatalf("Mount: %v", err)
@@ -72,7 +78,7 @@ func writeFile(t testing.TB, path, data string, mode os.FileMode) {
 	t.Helper()
 	must(t, os.MkdirAll(filepath.Dir(path), 0o755))
 	must(t, os.WriteFile(path, []byte(data), mode))
-	must(t, os.Chmod(path, mode))
+	must(t, unix.Chmod(path, uint32(mode)))
 }
 
 func readFile(t testing.TB, path string) string {
@@ -119,3 +125,11 @@ func isWhiteoutPath(t testing.TB, p string) bool {
 	}
 	return isWhiteout(&st)
 }
+
+var time1 = time.Unix(1500000000, 0)
+
+// lockThread pins the goroutine to its thread; unlockThreadDirty leaves it
+// pinned, so the thread, whose identity was changed, dies with the
+// goroutine instead of serving others.
+func lockThread()        { runtime.LockOSThread() }
+func unlockThreadDirty() {}
