@@ -13,7 +13,7 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 	if n.ofs.readOnly() {
 		return syscall.EROFS
 	}
-	if n.upperFd() >= 0 {
+	if n.hasUpper() {
 		return 0
 	}
 	n.ofs.copyMu.Lock()
@@ -33,7 +33,7 @@ func (n *node) parentNode() (string, *node) {
 
 // copyUpLocked is copyUp with ofs.copyMu held.
 func (n *node) copyUpLocked() syscall.Errno {
-	if n.upperFd() >= 0 {
+	if n.hasUpper() {
 		return 0
 	}
 	name, parent := n.parentNode()
@@ -48,32 +48,31 @@ func (n *node) copyUpLocked() syscall.Errno {
 		n.mu.Unlock()
 		return syscall.ESTALE
 	}
-	src := n.lowers[0].fd
+	src := n.lowers[0]
 	n.mu.Unlock()
 
-	ufd, errno := n.ofs.copyUpObject(src, parent.upperFd(), name)
+	up, errno := n.ofs.copyUpObject(src, parent.upperDirFd(), name)
 	if errno != 0 {
 		return errno
 	}
-	n.setUpper(ufd)
+	n.setUpper(up)
 	n.linkUpAliases(parent, name)
 	return 0
 }
 
 // setUpper records a fresh upper object of n. A non-directory stops
 // looking at its lower object; a directory keeps merging its lowers.
-func (n *node) setUpper(ufd int) {
+func (n *node) setUpper(up realRef) {
 	var st unix.Stat_t
-	if fstat(ufd, &st) == nil {
+	if up.stat(&st) == nil {
 		n.ofs.setAlias(n.ofs.ino(st.Dev, st.Ino), n.StableAttr().Ino)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.upper = ufd
+	n.upper = up
+	n.xattrs, n.xattrsKnown = nil, false
 	if !n.isDir() {
-		for _, l := range n.lowers {
-			n.retired = append(n.retired, l.fd)
-		}
+		n.retired = append(n.retired, n.lowers...)
 		n.lowers = nil
 		if n.lowerNlink > 0 {
 			n.lowerMoved++
@@ -102,7 +101,7 @@ func (n *node) linkUpAliases(done *node, doneName string) {
 // hard link is still lower-only.
 func (n *node) linkUp(parent *node, name string) syscall.Errno {
 	n.mu.Lock()
-	need := n.upper >= 0 && n.lowerNlink > 0
+	need := n.upper.valid() && n.lowerNlink > 0
 	n.mu.Unlock()
 	if !need {
 		return 0
@@ -116,12 +115,12 @@ func (n *node) linkUpLocked(parent *node, name string) syscall.Errno {
 	if errno := parent.copyUpLocked(); errno != 0 {
 		return errno
 	}
-	pfd := parent.upperFd()
+	pfd := parent.upperDirFd()
 	var st unix.Stat_t
 	if err := lstatAt(pfd, name, &st); err == nil {
 		return 0 // already there
 	}
-	if err := unix.Linkat(n.upperFd(), "", pfd, name, unix.AT_EMPTY_PATH); err != nil {
+	if err := linkRef(n.upperRef(), pfd, name); err != nil {
 		return toErrno(err)
 	}
 	n.mu.Lock()
@@ -133,37 +132,46 @@ func (n *node) linkUpLocked(parent *node, name string) syscall.Errno {
 // copyUpObject copies the lower object src to name in the upper directory
 // dstDir: it is built in the work dir, with data, owner, mode, xattrs and
 // times, then renamed into place, so a crash never shows half a copy. It
-// returns an O_PATH fd of the new object.
-func (ofs *overlayFS) copyUpObject(src, dstDir int, name string) (int, syscall.Errno) {
+// returns a ref of the new object.
+func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (realRef, syscall.Errno) {
+	src, done, err := srcRef.pathFd()
+	if err != nil {
+		return noRef, toErrno(err)
+	}
+	defer done()
 	var st unix.Stat_t
 	if err := fstat(src, &st); err != nil {
-		return -1, toErrno(err)
+		return noRef, toErrno(err)
 	}
 	tmp := ofs.tmpName()
 	work := ofs.workFd
 	if errno := ofs.buildCopy(src, &st, tmp); errno != 0 {
 		_ = removeAt(work, tmp, st.Mode&unix.S_IFMT == unix.S_IFDIR)
-		return -1, errno
+		return noRef, errno
 	}
 	// As the kernel, a copy-up leaves the parent's times as they were:
 	// the merged directory did not change.
-	var pst unix.Stat_t
+	var pst, nst unix.Stat_t
 	if err := fstat(dstDir, &pst); err != nil {
-		return -1, toErrno(err)
+		return noRef, toErrno(err)
 	}
-	fd, err := openPath(work, tmp)
+	err = lstatAt(work, tmp, &nst)
+	var ref realRef
+	if err == nil {
+		ref, err = refAt(ofs.upper, work, tmp, &nst)
+	}
 	if err == nil {
 		err = unix.Renameat2(work, tmp, dstDir, name, unix.RENAME_NOREPLACE)
 		if err != nil {
-			unix.Close(fd)
+			ref.close()
 		}
 	}
 	if err != nil {
 		_ = removeAt(work, tmp, st.Mode&unix.S_IFMT == unix.S_IFDIR)
-		return -1, toErrno(err)
+		return noRef, toErrno(err)
 	}
 	_ = unix.UtimesNanoAt(dstDir, "", []unix.Timespec{pst.Atim, pst.Mtim}, unix.AT_EMPTY_PATH)
-	return fd, 0
+	return ref, 0
 }
 
 // buildCopy makes tmp in the work dir a copy of src.
@@ -328,4 +336,14 @@ func sendRange(in, out int, roff, woff, n int64) error {
 		n -= int64(c)
 	}
 	return nil
+}
+
+// linkRef makes name in dirfd a hard link of r.
+func linkRef(r realRef, dirfd int, name string) error {
+	fd, done, err := r.pathFd()
+	if err != nil {
+		return err
+	}
+	defer done()
+	return unix.Linkat(fd, "", dirfd, name, unix.AT_EMPTY_PATH)
 }

@@ -61,10 +61,10 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		}
 	}
 	n.mu.Lock()
-	real, upper := n.realFdLocked(), n.upper >= 0
+	real, upper := n.realLocked(), n.upper.valid()
 	n.mu.Unlock()
 	flags &= openFlagsPassed
-	fd, err := reopen(real, int(flags))
+	fd, err := real.open(int(flags))
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
@@ -80,8 +80,8 @@ func (f *file) readFd() (int, syscall.Errno) {
 	if upper {
 		return fd, 0
 	}
-	up := f.n.upperFd()
-	if up < 0 {
+	up := f.n.upperRef()
+	if !up.valid() {
 		return fd, 0
 	}
 	f.mu.Lock()
@@ -89,7 +89,7 @@ func (f *file) readFd() (int, syscall.Errno) {
 	if f.upper {
 		return f.fd, 0
 	}
-	nfd, err := reopen(up, int(f.flags&^unix.O_TRUNC))
+	nfd, err := up.open(int(f.flags &^ unix.O_TRUNC))
 	if err != nil {
 		return -1, toErrno(err)
 	}

@@ -167,6 +167,9 @@ func (ofs *overlayFS) fsOptions() *fs.Options {
 			Debug:             ofs.opts.Debug,
 			Logger:            ofs.opts.Logger,
 			MaxStackDepth:     2,
+			// The kernel checks and caches POSIX ACLs itself, instead
+			// of asking for them at every `ls -l`.
+			EnableAcl: true,
 		},
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
@@ -191,7 +194,7 @@ func (ofs *overlayFS) newRoot() (*node, error) {
 	if err := fstat(top.fd, &st); err != nil {
 		return nil, fmt.Errorf("stat %s: %w", top.path, err)
 	}
-	n := &node{ofs: ofs, upper: -1}
+	n := &node{ofs: ofs, upper: noRef}
 	var layers []*layer
 	if ofs.upper != nil {
 		layers = append(layers, ofs.upper)
@@ -204,10 +207,10 @@ func (ofs *overlayFS) newRoot() (*node, error) {
 			return nil, fmt.Errorf("open %s: %w", l.path, err)
 		}
 		if l.upper {
-			n.upper = fd
+			n.upper = realRef{layer: l, fd: fd}
 			continue
 		}
-		n.lowers = append(n.lowers, lowerRef{layer: l, fd: fd})
+		n.lowers = append(n.lowers, realRef{layer: l, fd: fd})
 		if opaque, _ := isOpaque(fd); opaque {
 			break
 		}

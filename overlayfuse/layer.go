@@ -16,7 +16,8 @@ type layer struct {
 }
 
 func openLayer(path string, upper bool) (*layer, error) {
-	fd, err := unix.Open(path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	// O_RDONLY, not O_PATH: open_by_handle_at takes it as its mount fd.
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open layer %s: %w", path, err)
 	}

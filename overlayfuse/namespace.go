@@ -47,7 +47,7 @@ func (n *node) prepareNew(ctx context.Context, name string) (ne newEntry, errno 
 	if errno := n.copyUp(ctx); errno != 0 {
 		return ne, errno
 	}
-	ne.dir = n.upperFd()
+	ne.dir = n.upperDirFd()
 	ne.overWhiteout = e.upperWhiteout
 	ne.uid, ne.gid = -1, -1
 	if c, ok := fuse.FromContext(ctx); ok {
@@ -144,13 +144,15 @@ func (n *node) newChild(ctx context.Context, name string, out *fuse.EntryOut) (*
 	if errno != 0 {
 		return nil, errno
 	}
-	child, errno := n.ofs.nodeFor(ctx, n, name, &e)
+	st := e.st
+	child, fresh, errno := n.ofs.nodeFor(ctx, n, name, &e)
 	if errno != 0 {
 		return nil, errno
 	}
-	var st unix.Stat_t
-	if err := fstat(child.realFd(), &st); err != nil {
-		return nil, toErrno(err)
+	if !fresh {
+		if err := child.real().stat(&st); err != nil {
+			return nil, toErrno(err)
+		}
 	}
 	child.fillAttr(&st, &out.Attr)
 	return child.EmbeddedInode(), 0
@@ -211,7 +213,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if ne.overWhiteout {
 		dir, at = n.ofs.workFd, n.ofs.tmpName()
 	}
-	if err := unix.Linkat(t.upperFd(), "", dir, at, unix.AT_EMPTY_PATH); err != nil {
+	if err := linkRef(t.upperRef(), dir, at); err != nil {
 		return nil, toErrno(err)
 	}
 	if ne.overWhiteout {
@@ -245,9 +247,9 @@ func (n *node) removeEntry(ctx context.Context, name string, e *entry, dir bool)
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
-	pfd := n.upperFd()
+	pfd := n.upperDirFd()
 	lower := n.lowerPositive(name)
-	if e.upper < 0 {
+	if !e.upper.valid() {
 		return toErrno(mkWhiteout(pfd, name))
 	}
 	if !lower {
@@ -288,7 +290,7 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if errno := n.removeEntry(ctx, name, &e, false); errno != 0 {
 		return errno
 	}
-	if ch := n.GetChild(name); ch != nil && e.upper < 0 {
+	if ch := n.GetChild(name); ch != nil && !e.upper.valid() {
 		if c, ok := ch.Operations().(*node); ok {
 			c.mu.Lock()
 			if c.lowerNlink > 0 {

@@ -10,28 +10,22 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// lowerRef is one lower layer's real object of a node.
-type lowerRef struct {
-	layer *layer
-	fd    int // O_PATH
-}
-
-// node is one overlay inode. It holds O_PATH fds of its real objects, so
-// no operation on it resolves a path again.
+// node is one overlay inode. It holds its real objects as realRefs, so no
+// operation on it resolves a path again.
 type node struct {
 	fs.Inode
 	ofs *overlayFS
 
 	mu sync.Mutex
-	// upper is the upper object, -1 while there is none.
-	upper int
+	// upper is the upper object, if any.
+	upper realRef
 	// lowers: for a directory, the lower directories merged into it, top
 	// first, ending at an opaque one; for anything else the one lower
 	// object it shows until copy-up.
-	lowers []lowerRef
-	// retired fds are no longer used but may still be read by a request
+	lowers []realRef
+	// retired refs are no longer used but may still be read by a request
 	// in flight; they are closed when the kernel forgets the node.
-	retired []int
+	retired []realRef
 
 	// Hard links of a lower file: lowerNlink names exist below, and
 	// lowerMoved of them have been linked up or deleted.
@@ -40,6 +34,10 @@ type node struct {
 	// aliases are the names this node was looked up under, so that a
 	// copy-up links every known name of a lower hard link.
 	aliases []alias
+
+	// xattrs caches the attribute names of the real object.
+	xattrs      []string
+	xattrsKnown bool
 }
 
 type alias struct {
@@ -55,34 +53,44 @@ var (
 	_ fs.NodeOnForgetter = (*node)(nil)
 )
 
-// realFd is the object that answers for the node: the upper one once
-// there is one.
-func (n *node) realFd() int {
+// real is the object that answers for the node: the upper one once there
+// is one.
+func (n *node) real() realRef {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.realFdLocked()
+	return n.realLocked()
 }
 
-func (n *node) realFdLocked() int {
-	if n.upper >= 0 {
+func (n *node) realLocked() realRef {
+	if n.upper.valid() {
 		return n.upper
 	}
 	if len(n.lowers) > 0 {
-		return n.lowers[0].fd
+		return n.lowers[0]
 	}
-	return -1
+	return noRef
 }
 
-func (n *node) upperFd() int {
+func (n *node) upperRef() realRef {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.upper
 }
 
-func (n *node) hasLower() bool {
+// upperDirFd is the O_PATH fd of a directory's upper object, -1 if none.
+func (n *node) upperDirFd() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return len(n.lowers) > 0
+	if !n.upper.valid() {
+		return -1
+	}
+	return n.upper.fd
+}
+
+func (n *node) hasUpper() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.upper.valid()
 }
 
 func (n *node) isDir() bool { return n.StableAttr().Mode&syscall.S_IFMT == syscall.S_IFDIR }
@@ -90,16 +98,13 @@ func (n *node) isDir() bool { return n.StableAttr().Mode&syscall.S_IFMT == sysca
 func (n *node) closeFds() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.upper >= 0 {
-		unix.Close(n.upper)
-		n.upper = -1
-	}
-	for _, l := range n.lowers {
-		unix.Close(l.fd)
+	n.upper.close()
+	for i := range n.lowers {
+		n.lowers[i].close()
 	}
 	n.lowers = nil
-	for _, fd := range n.retired {
-		unix.Close(fd)
+	for i := range n.retired {
+		n.retired[i].close()
 	}
 	n.retired = nil
 }
@@ -115,7 +120,7 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 		if errno := fh.fstat(&st); errno != 0 {
 			return errno
 		}
-	} else if err := fstat(n.realFd(), &st); err != nil {
+	} else if err := n.real().stat(&st); err != nil {
 		return toErrno(err)
 	}
 	n.fillAttr(&st, &out.Attr)
@@ -131,14 +136,14 @@ func (n *node) fillAttr(st *unix.Stat_t, a *fuse.Attr) {
 	if n.isDir() {
 		// As kernel overlayfs: counting the subdirectories of a merged
 		// directory is not worth it, and nlink 1 pacifies find.
-		if len(n.lowers) > 1 || (n.upper >= 0 && len(n.lowers) > 0) {
+		if len(n.lowers) > 1 || (n.upper.valid() && len(n.lowers) > 0) {
 			a.Nlink = 1
 		}
 		return
 	}
 	if n.lowerNlink > 0 {
 		nlink := n.lowerNlink - n.lowerMoved
-		if n.upper >= 0 {
+		if n.upper.valid() {
 			nlink += a.Nlink
 		}
 		a.Nlink = nlink
@@ -166,9 +171,14 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	fd, done, err := n.real().pathFd()
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	defer done()
 	buf := make([]byte, 256)
 	for {
-		sz, err := unix.Readlinkat(n.realFd(), "", buf)
+		sz, err := unix.Readlinkat(fd, "", buf)
 		if err != nil {
 			return nil, toErrno(err)
 		}
@@ -182,8 +192,8 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 // entry is what the layers hold under one name of a merged directory.
 type entry struct {
 	st     unix.Stat_t // the topmost object
-	upper  int         // O_PATH fd, -1 if the upper has none
-	lowers []lowerRef
+	upper  realRef
+	lowers []realRef
 	// lowerSt is the topmost lower object's stat.
 	lowerSt unix.Stat_t
 	// whiteout: the upper (or a lower) layer deletes the name;
@@ -191,15 +201,14 @@ type entry struct {
 	whiteout, upperWhiteout bool
 }
 
-func (e *entry) exists() bool { return e.upper >= 0 || len(e.lowers) > 0 }
+func (e *entry) exists() bool { return e.upper.valid() || len(e.lowers) > 0 }
+
+func (e *entry) isDir() bool { return e.st.Mode&unix.S_IFMT == unix.S_IFDIR }
 
 func (e *entry) release() {
-	if e.upper >= 0 {
-		unix.Close(e.upper)
-		e.upper = -1
-	}
-	for _, l := range e.lowers {
-		unix.Close(l.fd)
+	e.upper.close()
+	for i := range e.lowers {
+		e.lowers[i].close()
 	}
 	e.lowers = nil
 }
@@ -213,44 +222,44 @@ func isWhiteout(st *unix.Stat_t) bool {
 // ends the merge.
 func (n *node) resolve(name string) (e entry, errno syscall.Errno) {
 	n.mu.Lock()
-	upperDir := n.upper
+	upper := n.upper
 	lowers := n.lowers
 	n.mu.Unlock()
-	return resolveIn(upperDir, lowers, name)
+	return resolveIn(upper, lowers, name)
 }
 
-// resolveIn is resolve over explicit layer directories.
-func resolveIn(upperDir int, lowers []lowerRef, name string) (e entry, errno syscall.Errno) {
-	e.upper = -1
+// resolveIn is resolve over explicit layer directories. Each step looks at
+// one name in one directory fd and follows nothing.
+func resolveIn(upper realRef, lowers []realRef, name string) (e entry, errno syscall.Errno) {
+	e.upper = noRef
 	isDir := false
-	if upperDir >= 0 {
-		fd, err := openPath(upperDir, name)
+	if upper.valid() {
+		err := lstatAt(upper.fd, name, &e.st)
 		switch {
 		case err == unix.ENOENT:
 		case err != nil:
 			return e, toErrno(err)
+		case isWhiteout(&e.st):
+			e.whiteout, e.upperWhiteout = true, true
+			return e, syscall.ENOENT
 		default:
-			if err := fstat(fd, &e.st); err != nil {
-				unix.Close(fd)
+			r, err := refAt(upper.layer, upper.fd, name, &e.st)
+			if err != nil {
 				return e, toErrno(err)
 			}
-			if isWhiteout(&e.st) {
-				unix.Close(fd)
-				e.whiteout, e.upperWhiteout = true, true
-				return e, syscall.ENOENT
-			}
-			e.upper = fd
-			if e.st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			e.upper = r
+			if !e.isDir() {
 				return e, 0
 			}
-			if opaque, _ := isOpaque(fd); opaque {
+			if opaque, _ := isOpaque(r.fd); opaque {
 				return e, 0
 			}
 			isDir = true
 		}
 	}
 	for _, l := range lowers {
-		fd, err := openPath(l.fd, name)
+		var st unix.Stat_t
+		err := lstatAt(l.fd, name, &st)
 		if err == unix.ENOENT {
 			continue
 		}
@@ -258,14 +267,7 @@ func resolveIn(upperDir int, lowers []lowerRef, name string) (e entry, errno sys
 			e.release()
 			return e, toErrno(err)
 		}
-		var st unix.Stat_t
-		if err := fstat(fd, &st); err != nil {
-			unix.Close(fd)
-			e.release()
-			return e, toErrno(err)
-		}
 		if isWhiteout(&st) {
-			unix.Close(fd)
 			if !e.exists() {
 				e.whiteout = true
 				return e, syscall.ENOENT
@@ -275,8 +277,12 @@ func resolveIn(upperDir int, lowers []lowerRef, name string) (e entry, errno sys
 		dir := st.Mode&unix.S_IFMT == unix.S_IFDIR
 		if e.exists() && (!isDir || !dir) {
 			// A non-directory ends the merge, and is never looked through.
-			unix.Close(fd)
 			break
+		}
+		r, err := refAt(l.layer, l.fd, name, &st)
+		if err != nil {
+			e.release()
+			return e, toErrno(err)
 		}
 		if len(e.lowers) == 0 {
 			e.lowerSt = st
@@ -284,12 +290,12 @@ func resolveIn(upperDir int, lowers []lowerRef, name string) (e entry, errno sys
 		if !e.exists() {
 			e.st = st
 		}
-		e.lowers = append(e.lowers, lowerRef{layer: l.layer, fd: fd})
+		e.lowers = append(e.lowers, r)
 		if !dir {
 			break
 		}
 		isDir = true
-		if opaque, _ := isOpaque(fd); opaque {
+		if opaque, _ := isOpaque(r.fd); opaque {
 			break
 		}
 	}
@@ -307,13 +313,15 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	if errno != 0 {
 		return nil, errno
 	}
-	child, errno := n.ofs.nodeFor(ctx, n, name, &e)
+	st := e.st
+	child, fresh, errno := n.ofs.nodeFor(ctx, n, name, &e)
 	if errno != 0 {
 		return nil, errno
 	}
-	var st unix.Stat_t
-	if err := fstat(child.realFd(), &st); err != nil {
-		return nil, toErrno(err)
+	if !fresh {
+		if err := child.real().stat(&st); err != nil {
+			return nil, toErrno(err)
+		}
 	}
 	child.fillAttr(&st, &out.Attr)
 	return child.EmbeddedInode(), 0
@@ -321,10 +329,10 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 
 // nodeFor returns the node for an entry found under parent/name: the live
 // node of the same inode if there is one (a hard link, or a node the
-// kernel still knows), otherwise a new one that takes e's fds.
-func (ofs *overlayFS) nodeFor(ctx context.Context, parent *node, name string, e *entry) (*node, syscall.Errno) {
+// kernel still knows), otherwise a fresh one that takes e's fds.
+func (ofs *overlayFS) nodeFor(ctx context.Context, parent *node, name string, e *entry) (n *node, fresh bool, errno syscall.Errno) {
 	var ino uint64
-	if e.upper >= 0 {
+	if e.upper.valid() {
 		ino = ofs.alias(ofs.ino(e.st.Dev, e.st.Ino))
 	} else {
 		ino = ofs.ino(e.lowerSt.Dev, e.lowerSt.Ino)
@@ -332,36 +340,51 @@ func (ofs *overlayFS) nodeFor(ctx context.Context, parent *node, name string, e 
 	mode := e.st.Mode & unix.S_IFMT
 
 	ofs.mu.Lock()
-	if old := ofs.nodes[ino]; old != nil && old.StableAttr().Mode == mode && !old.Forgotten() {
+	if old := ofs.nodes[ino]; old != nil && old.StableAttr().Mode == mode && !old.Forgotten() && old.shows(e) {
 		ofs.mu.Unlock()
 		e.release()
 		if mode != unix.S_IFDIR {
 			old.addAlias(parent, name)
 			if errno := old.linkUp(parent, name); errno != 0 {
-				return nil, errno
+				return nil, false, errno
 			}
 		}
-		return old, 0
+		return old, false, 0
 	}
-	n := &node{ofs: ofs, upper: e.upper, lowers: e.lowers}
+	gen := uint64(1)
+	if old := ofs.nodes[ino]; old != nil {
+		// The inode number came back for another file.
+		gen = old.StableAttr().Gen + 1
+	}
+	n = &node{ofs: ofs, upper: e.upper, lowers: e.lowers}
 	if mode != unix.S_IFDIR && len(e.lowers) > 0 && e.lowerSt.Nlink > 1 {
 		n.lowerNlink = uint32(e.lowerSt.Nlink)
-		if e.upper >= 0 {
+		if e.upper.valid() {
 			n.lowerMoved = 1
 		}
 		n.aliases = []alias{{parent, name}}
 	}
-	if mode != unix.S_IFDIR && e.upper >= 0 {
+	if mode != unix.S_IFDIR && e.upper.valid() {
 		// The upper object hides any lower one for good.
-		for _, l := range n.lowers {
-			unix.Close(l.fd)
+		for i := range n.lowers {
+			n.lowers[i].close()
 		}
 		n.lowers = nil
 	}
 	ofs.nodes[ino] = n
 	ofs.mu.Unlock()
-	parent.NewInode(ctx, n, fs.StableAttr{Mode: mode, Ino: ino, Gen: 1})
-	return n, 0
+	parent.NewInode(ctx, n, fs.StableAttr{Mode: mode, Ino: ino, Gen: gen})
+	return n, true, 0
+}
+
+// shows reports whether live node n stands for the object e found: the
+// same real object, or the upper copy of n's lower one.
+func (n *node) shows(e *entry) bool {
+	r := n.real()
+	if e.upper.valid() {
+		return r.same(e.upper)
+	}
+	return len(e.lowers) > 0 && (r.same(e.lowers[0]) || n.hasUpper())
 }
 
 func (n *node) addAlias(parent *node, name string) {

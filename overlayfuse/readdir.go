@@ -69,17 +69,10 @@ func (n *node) mergedEntries() ([]fuse.DirEntry, syscall.Errno) {
 }
 
 // listMerged is mergedEntries over explicit layer directories.
-func (ofs *overlayFS) listMerged(upper int, lowers []lowerRef) ([]fuse.DirEntry, syscall.Errno) {
-	type src struct {
-		fd    int
-		layer *layer
-	}
-	var srcs []src
-	if upper >= 0 {
-		srcs = append(srcs, src{upper, ofs.upper})
-	}
-	for _, l := range lowers {
-		srcs = append(srcs, src{l.fd, l.layer})
+func (ofs *overlayFS) listMerged(upper realRef, lowers []realRef) ([]fuse.DirEntry, syscall.Errno) {
+	srcs := lowers
+	if upper.valid() {
+		srcs = append([]realRef{upper}, lowers...)
 	}
 
 	seen := map[string]struct{}{}
@@ -201,7 +194,7 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 }
 
 func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
-	fd := d.n.upperFd()
+	fd := d.n.upperDirFd()
 	if fd < 0 {
 		return 0
 	}

@@ -92,7 +92,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	if errno := p2.copyUpLocked(); errno != 0 {
 		return errno
 	}
-	d1, d2 := n.upperFd(), p2.upperFd()
+	d1, d2 := n.upperDirFd(), p2.upperDirFd()
 	srcLower := n.lowerPositive(name)
 	dstLower := p2.lowerPositive(newName)
 
@@ -101,9 +101,9 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	case exchange:
 		err = unix.Renameat2(d1, name, d2, newName, unix.RENAME_EXCHANGE)
 	case dstExists:
-		if dstDir && dstNode.upperFd() >= 0 {
+		if dstDir && dstNode.upperDirFd() >= 0 {
 			// An empty merged directory may still hold whiteouts.
-			if err := removeChildren(dstNode.upperFd()); err != nil {
+			if err := removeChildren(dstNode.upperDirFd()); err != nil {
 				return toErrno(err)
 			}
 		}
@@ -121,12 +121,12 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	// A directory now standing where a lower layer has the name must not
 	// merge with it.
 	if srcDir && dstLower {
-		if err := setOpaque(srcNode.upperFd()); err != nil {
+		if err := setOpaque(srcNode.upperDirFd()); err != nil {
 			return toErrno(err)
 		}
 	}
 	if exchange && dstDir && srcLower {
-		if err := setOpaque(dstNode.upperFd()); err != nil {
+		if err := setOpaque(dstNode.upperDirFd()); err != nil {
 			return toErrno(err)
 		}
 	}
@@ -165,7 +165,8 @@ func (n *node) child(ctx context.Context, name string) (*node, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
-	return n.ofs.nodeFor(ctx, n, name, &e)
+	c, _, errno := n.ofs.nodeFor(ctx, n, name, &e)
+	return c, errno
 }
 
 // copyUpWhole makes n wholly upper: a non-directory is copied up; a
@@ -184,12 +185,7 @@ func (n *node) copyUpWhole() syscall.Errno {
 	if len(lowers) == 0 {
 		return 0
 	}
-	links := map[uint64]int{}
-	defer func() {
-		for _, fd := range links {
-			unix.Close(fd)
-		}
-	}()
+	links := map[uint64]realRef{}
 	if errno := n.ofs.copyUpTree(upper, lowers, links); errno != 0 {
 		return errno
 	}
@@ -200,7 +196,7 @@ func (n *node) copyUpWhole() syscall.Errno {
 // copyUpTree copies every merged entry below a directory into its upper
 // directory, and makes each directory on the way opaque. links holds the
 // upper copy of each lower hard link met, so its names stay one file.
-func (ofs *overlayFS) copyUpTree(upper int, lowers []lowerRef, links map[uint64]int) syscall.Errno {
+func (ofs *overlayFS) copyUpTree(upper realRef, lowers []realRef, links map[uint64]realRef) syscall.Errno {
 	ents, errno := ofs.listMerged(upper, lowers)
 	if errno != 0 {
 		return errno
@@ -210,42 +206,40 @@ func (ofs *overlayFS) copyUpTree(upper int, lowers []lowerRef, links map[uint64]
 			return errno
 		}
 	}
-	return toErrno(setOpaque(upper))
+	return toErrno(setOpaque(upper.fd))
 }
 
-func (ofs *overlayFS) copyUpTreeEntry(upper int, lowers []lowerRef, name string, links map[uint64]int) syscall.Errno {
+func (ofs *overlayFS) copyUpTreeEntry(upper realRef, lowers []realRef, name string, links map[uint64]realRef) syscall.Errno {
 	e, errno := resolveIn(upper, lowers, name)
 	if errno != 0 {
 		return errno
 	}
 	defer e.release()
-	isDir := e.st.Mode&unix.S_IFMT == unix.S_IFDIR
-	if e.upper >= 0 && !isDir {
+	isDir := e.isDir()
+	if e.upper.valid() && !isDir {
 		return 0
 	}
-	if e.upper < 0 {
+	if !e.upper.valid() {
 		if !isDir && e.lowerSt.Nlink > 1 {
 			ino := ofs.ino(e.lowerSt.Dev, e.lowerSt.Ino)
-			if fd, ok := links[ino]; ok {
-				return toErrno(unix.Linkat(fd, "", upper, name, unix.AT_EMPTY_PATH))
+			if r, ok := links[ino]; ok {
+				return toErrno(linkRef(r, upper.fd, name))
 			}
-			if live := ofs.liveNode(ino); live != nil && live.upperFd() >= 0 {
-				return toErrno(unix.Linkat(live.upperFd(), "", upper, name, unix.AT_EMPTY_PATH))
+			if live := ofs.liveNode(ino); live != nil && live.hasUpper() {
+				return toErrno(linkRef(live.upperRef(), upper.fd, name))
 			}
 		}
-		fd, errno := ofs.copyUpObject(e.lowers[0].fd, upper, name)
+		r, errno := ofs.copyUpObject(e.lowers[0], upper.fd, name)
 		if errno != 0 {
 			return errno
 		}
 		if !isDir {
 			if e.lowerSt.Nlink > 1 {
-				links[ofs.ino(e.lowerSt.Dev, e.lowerSt.Ino)] = fd
-			} else {
-				unix.Close(fd)
+				links[ofs.ino(e.lowerSt.Dev, e.lowerSt.Ino)] = r
 			}
 			return 0
 		}
-		e.upper = fd
+		e.upper = r
 	}
 	if len(e.lowers) == 0 {
 		return 0
@@ -257,18 +251,22 @@ func (ofs *overlayFS) copyUpTreeEntry(upper int, lowers []lowerRef, name string,
 // upper objects after copyUpTree.
 func (n *node) adoptUpperTree() {
 	n.dropLowers()
-	up := n.upperFd()
+	up := n.upperRef()
 	for name, ch := range n.Children() {
 		c, ok := ch.Operations().(*node)
 		if !ok {
 			continue
 		}
-		if c.upperFd() < 0 {
-			fd, err := openPath(up, name)
+		if !c.hasUpper() {
+			var st unix.Stat_t
+			if lstatAt(up.fd, name, &st) != nil {
+				continue
+			}
+			r, err := refAt(up.layer, up.fd, name, &st)
 			if err != nil {
 				continue
 			}
-			c.setUpper(fd)
+			c.setUpper(r)
 		}
 		if c.isDir() {
 			c.adoptUpperTree()
@@ -280,8 +278,6 @@ func (n *node) adoptUpperTree() {
 func (n *node) dropLowers() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for _, l := range n.lowers {
-		n.retired = append(n.retired, l.fd)
-	}
+	n.retired = append(n.retired, n.lowers...)
 	n.lowers = nil
 }

@@ -20,7 +20,11 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
-	up := n.upperFd()
+	up, done, err := n.upperRef().pathFd()
+	if err != nil {
+		return toErrno(err)
+	}
+	defer done()
 	symlink := n.StableAttr().Mode == syscall.S_IFLNK
 
 	uid, uok := in.GetUID()
@@ -83,7 +87,7 @@ func (n *node) truncate(f fs.FileHandle, size int64) syscall.Errno {
 		defer fh.mu.RUnlock()
 		return toErrno(unix.Ftruncate(fh.fd, size))
 	}
-	fd, err := reopen(n.upperFd(), unix.O_WRONLY)
+	fd, err := n.upperRef().open(unix.O_WRONLY)
 	if err != nil {
 		return toErrno(err)
 	}

@@ -2,10 +2,23 @@ package overlayfuse
 
 import (
 	"context"
+	"os"
+	"slices"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 )
+
+const selinuxXattr = "security.selinux"
+
+// selinuxEnabled: without SELinux on the host, an absent label means the
+// same as no label support.
+var selinuxEnabled = func() bool {
+	_, err := os.Stat("/sys/fs/selinux/enforce")
+	return err == nil
+}()
 
 var (
 	_ fs.NodeGetxattrer    = (*node)(nil)
@@ -14,18 +27,74 @@ var (
 	_ fs.NodeListxattrer   = (*node)(nil)
 )
 
+// xattrNames lists the attributes of the node's real object, from a cache:
+// lower objects never change, and the upper one only through Setxattr,
+// Removexattr and copy-up, which drop the cache. The kernel asks for
+// security.* on every write and every `ls -l`; most files have none.
+func (n *node) xattrNames() ([]string, syscall.Errno) {
+	n.mu.Lock()
+	if n.xattrsKnown {
+		names := n.xattrs
+		n.mu.Unlock()
+		return names, 0
+	}
+	r := n.realLocked()
+	n.mu.Unlock()
+	fd, done, err := r.pathFd()
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	names, err := listxattrAll(fd)
+	done()
+	if err == unix.ENOTSUP {
+		names, err = nil, nil
+	}
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	n.mu.Lock()
+	if n.realLocked() == r {
+		n.xattrs, n.xattrsKnown = names, true
+	}
+	n.mu.Unlock()
+	return names, 0
+}
+
+func (n *node) forgetXattrs() {
+	n.mu.Lock()
+	n.xattrs, n.xattrsKnown = nil, false
+	n.mu.Unlock()
+}
+
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
 	if isPrivateXattr(attr) {
 		return 0, syscall.ENODATA
 	}
-	sz, err := fgetxattr(n.realFd(), attr, dest)
+	names, errno := n.xattrNames()
+	if errno != 0 {
+		return 0, errno
+	}
+	if !slices.Contains(names, attr) {
+		if attr == selinuxXattr && !selinuxEnabled {
+			// ls -l asks every file for its label, but takes ENOTSUP
+			// as "this filesystem has none" and stops asking.
+			return 0, syscall.EOPNOTSUPP
+		}
+		return 0, syscall.ENODATA
+	}
+	fd, done, err := n.real().pathFd()
+	if err != nil {
+		return 0, toErrno(err)
+	}
+	defer done()
+	sz, err := fgetxattr(fd, attr, dest)
 	return uint32(sz), toErrno(err)
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	names, err := listxattrAll(n.realFd())
-	if err != nil {
-		return 0, toErrno(err)
+	names, errno := n.xattrNames()
+	if errno != 0 {
+		return 0, errno
 	}
 	size := 0
 	for _, name := range names {
@@ -56,7 +125,13 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
-	return toErrno(fsetxattr(n.upperFd(), attr, data, int(flags)))
+	defer n.forgetXattrs()
+	fd, done, err := n.upperRef().pathFd()
+	if err != nil {
+		return toErrno(err)
+	}
+	defer done()
+	return toErrno(fsetxattr(fd, attr, data, int(flags)))
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
@@ -64,11 +139,21 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 		return syscall.EOPNOTSUPP
 	}
 	// Removing what is not there must not copy up.
-	if _, err := fgetxattr(n.realFd(), attr, nil); err != nil {
-		return toErrno(err)
+	names, errno := n.xattrNames()
+	if errno != 0 {
+		return errno
+	}
+	if !slices.Contains(names, attr) {
+		return syscall.ENODATA
 	}
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
-	return toErrno(fremovexattr(n.upperFd(), attr))
+	defer n.forgetXattrs()
+	fd, done, err := n.upperRef().pathFd()
+	if err != nil {
+		return toErrno(err)
+	}
+	defer done()
+	return toErrno(fremovexattr(fd, attr))
 }

@@ -1,0 +1,96 @@
+package overlayfuse
+
+import (
+	"bytes"
+
+	"golang.org/x/sys/unix"
+)
+
+// realRef names a node's real object in one layer. A directory keeps an
+// O_PATH fd, which every lookup and listing in it uses; anything else
+// keeps a file handle and is opened when used, so a mount holds one fd per
+// directory, not per file (RLIMIT_NOFILE can be low and unraisable).
+type realRef struct {
+	layer *layer
+	fd    int // directories: O_PATH fd; -1 otherwise
+	fh    unix.FileHandle
+}
+
+var noRef = realRef{fd: -1}
+
+func (r realRef) valid() bool { return r.layer != nil }
+
+// refAt makes a realRef of name in dirfd, which the caller has just
+// lstat'ed as st. Neither call follows a symlink.
+func refAt(l *layer, dirfd int, name string, st *unix.Stat_t) (realRef, error) {
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		fd, err := openPath(dirfd, name)
+		if err != nil {
+			return noRef, err
+		}
+		return realRef{layer: l, fd: fd}, nil
+	}
+	fh, _, err := unix.NameToHandleAt(dirfd, name, 0)
+	if err != nil {
+		return noRef, err
+	}
+	return realRef{layer: l, fd: -1, fh: fh}, nil
+}
+
+// pathFd returns an O_PATH fd of r and the function that releases it.
+func (r realRef) pathFd() (int, func(), error) {
+	if r.fd >= 0 {
+		return r.fd, func() {}, nil
+	}
+	fd, err := r.open(unix.O_PATH)
+	if err != nil {
+		return -1, nil, err
+	}
+	return fd, func() { unix.Close(fd) }, nil
+}
+
+// open opens r with flags; the caller owns the fd.
+func (r realRef) open(flags int) (int, error) {
+	if r.fd >= 0 {
+		if flags&unix.O_PATH != 0 {
+			return unix.FcntlInt(uintptr(r.fd), unix.F_DUPFD_CLOEXEC, 0)
+		}
+		return reopen(r.fd, flags)
+	}
+	for {
+		fd, err := unix.OpenByHandleAt(r.layer.fd, r.fh, flags|unix.O_CLOEXEC)
+		if err == unix.EINTR {
+			continue
+		}
+		return fd, err
+	}
+}
+
+// stat stats r.
+func (r realRef) stat(st *unix.Stat_t) error {
+	fd, done, err := r.pathFd()
+	if err != nil {
+		return err
+	}
+	defer done()
+	return fstat(fd, st)
+}
+
+// same reports whether two refs name the same object.
+func (r realRef) same(o realRef) bool {
+	if r.layer != o.layer {
+		return false
+	}
+	if r.fd >= 0 || o.fd >= 0 {
+		var a, b unix.Stat_t
+		return r.stat(&a) == nil && o.stat(&b) == nil && a.Ino == b.Ino && a.Dev == b.Dev
+	}
+	return r.fh.Type() == o.fh.Type() && bytes.Equal(r.fh.Bytes(), o.fh.Bytes())
+}
+
+func (r *realRef) close() {
+	if r.fd >= 0 {
+		unix.Close(r.fd)
+	}
+	*r = noRef
+}
