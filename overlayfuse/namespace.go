@@ -165,6 +165,10 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 }
 
 func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if mode&unix.S_IFMT == unix.S_IFCHR && dev == 0 {
+		// As kernel overlayfs: a 0/0 device is a whiteout on disk.
+		return nil, syscall.EPERM
+	}
 	return n.makeNew(ctx, name, mode, out, func(dirfd int, name string) error {
 		return unix.Mknodat(dirfd, name, mode, int(dev))
 	})
