@@ -120,9 +120,14 @@ func (n *node) linkUpLocked(parent *node, name string) syscall.Errno {
 	if err := lstatAt(pfd, name, &st); err == nil {
 		return 0 // already there
 	}
+	var pst unix.Stat_t
+	if err := fstat(pfd, &pst); err != nil {
+		return toErrno(err)
+	}
 	if err := linkRef(n.upperRef(), pfd, name); err != nil {
 		return toErrno(err)
 	}
+	keepTimes(pfd, &pst)
 	n.mu.Lock()
 	n.lowerMoved++
 	n.mu.Unlock()
@@ -170,7 +175,7 @@ func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (rea
 		_ = removeAt(work, tmp, st.Mode&unix.S_IFMT == unix.S_IFDIR)
 		return noRef, toErrno(err)
 	}
-	_ = unix.UtimesNanoAt(dstDir, "", []unix.Timespec{pst.Atim, pst.Mtim}, unix.AT_EMPTY_PATH)
+	keepTimes(dstDir, &pst)
 	return ref, 0
 }
 
@@ -346,4 +351,10 @@ func linkRef(r realRef, dirfd int, name string) error {
 	}
 	defer done()
 	return unix.Linkat(fd, "", dirfd, name, unix.AT_EMPTY_PATH)
+}
+
+// keepTimes puts back the times of directory fd that st had: a copy-up
+// or link-up adds an entry that the merged directory showed already.
+func keepTimes(fd int, st *unix.Stat_t) {
+	_ = unix.UtimesNanoAt(fd, "", []unix.Timespec{st.Atim, st.Mtim}, unix.AT_EMPTY_PATH)
 }

@@ -26,6 +26,9 @@ type file struct {
 	// copy-up moves over to the upper file at its next read, so it sees
 	// what was written after.
 	upper bool
+	// passthrough: the kernel may use fd as the backing file; ptLower:
+	// and it is a lower one.
+	passthrough, ptLower bool
 }
 
 var (
@@ -42,7 +45,14 @@ var (
 )
 
 func (n *node) newFile(fd int, flags uint32, upper bool) *file {
-	return &file{n: n, fd: fd, flags: flags, upper: upper}
+	f := &file{n: n, fd: fd, flags: flags, upper: upper, passthrough: n.passthroughFor()}
+	if f.passthrough && !upper {
+		f.ptLower = true
+		n.mu.Lock()
+		n.ptLowerOpens++
+		n.mu.Unlock()
+	}
+	return f
 }
 
 func isWritable(flags uint32) bool {
@@ -62,7 +72,11 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	}
 	n.mu.Lock()
 	real, upper := n.realLocked(), n.upper.valid()
+	swap := upper && n.ptLowerOpens > 0
 	n.mu.Unlock()
+	if swap {
+		return nil, 0, n.swapForUpper()
+	}
 	flags &= openFlagsPassed
 	fd, err := real.open(int(flags))
 	if err != nil {
@@ -142,6 +156,11 @@ func (f *file) Release(ctx context.Context) syscall.Errno {
 	}
 	err := unix.Close(f.fd)
 	f.fd = -1
+	if f.ptLower {
+		f.n.mu.Lock()
+		f.n.ptLowerOpens--
+		f.n.mu.Unlock()
+	}
 	return toErrno(err)
 }
 

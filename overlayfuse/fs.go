@@ -45,6 +45,12 @@ type overlayFS struct {
 	// nodes are the live nodes by inode number: the lookup of a lower
 	// hard link whose other name was copied up finds the copied node.
 	nodes map[uint64]*node
+	// gens holds the generation new nodes of an inode number get, once
+	// it is past 1 (after a node was retired or the number reused).
+	gens map[uint64]uint64
+
+	// passthrough: the kernel takes backing files on this mount.
+	passthrough bool
 
 	// copyMu serializes copy-ups: parents first, each exactly once.
 	copyMu sync.Mutex
@@ -67,6 +73,7 @@ func newOverlayFS(layers Layers, opts Options) (*overlayFS, error) {
 		fsIndex:  map[uint64]uint64{},
 		inoAlias: map[uint64]uint64{},
 		nodes:    map[uint64]*node{},
+		gens:     map[uint64]uint64{},
 	}
 	fail := func(err error) (*overlayFS, error) {
 		ofs.close()
@@ -166,7 +173,10 @@ func (ofs *overlayFS) fsOptions() *fs.Options {
 			MaxWrite:          1 << 20,
 			Debug:             ofs.opts.Debug,
 			Logger:            ofs.opts.Logger,
-			MaxStackDepth:     2,
+			// Depth 1 lets kernel overlayfs stack on our mount, as
+			// containers' own overlay mounts do.
+			MaxStackDepth:        1,
+			DisabledCapabilities: ofs.disabledCaps(),
 			// The kernel checks and caches POSIX ACLs itself, instead
 			// of asking for them at every `ls -l`.
 			EnableAcl: true,
@@ -227,14 +237,24 @@ func (ofs *overlayFS) topLayer() *layer {
 	return ofs.lowers[0]
 }
 
+func (ofs *overlayFS) disabledCaps() uint64 {
+	if ofs.opts.Passthrough == PassthroughOff {
+		return fuse.CAP_PASSTHROUGH
+	}
+	return 0
+}
+
 func (ofs *overlayFS) afterMount() error {
-	if ofs.opts.Passthrough == PassthroughOn {
-		return errors.New("passthrough=on: FUSE passthrough is not available on this mount")
+	if err := ofs.probePassthrough(); err != nil {
+		if ofs.opts.Passthrough == PassthroughOn {
+			return fmt.Errorf("passthrough=on: %w", err)
+		}
+		ofs.opts.Logger.Printf("overlayfuse: no FUSE passthrough, serving file I/O in process: %v", err)
 	}
 	return nil
 }
 
-func (ofs *overlayFS) passthroughActive() bool { return false }
+func (ofs *overlayFS) passthroughActive() bool { return ofs.passthrough }
 
 // tmpName names a fresh scratch entry in the work dir.
 func (ofs *overlayFS) tmpName() string {

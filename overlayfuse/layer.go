@@ -16,8 +16,14 @@ type layer struct {
 }
 
 func openLayer(path string, upper bool) (*layer, error) {
-	// O_RDONLY, not O_PATH: open_by_handle_at takes it as its mount fd.
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	var fd int
+	var err error
+	if upper {
+		// O_RDONLY, not O_PATH: open_by_handle_at takes it as its mount fd.
+		fd, err = unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	} else {
+		fd, err = openReadOnlyTree(path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open layer %s: %w", path, err)
 	}
@@ -34,4 +40,27 @@ func (l *layer) close() {
 		unix.Close(l.fd)
 		l.fd = -1
 	}
+}
+
+// openReadOnlyTree opens a lower layer through a private, detached,
+// read-only clone of its mount, so that a write that ever reached a lower
+// file through us (a passthrough backing file reopened for writing, say)
+// fails with EROFS instead of changing a shared image layer. The clone is
+// in no mount table and goes away with the fd. Without the privilege for
+// it, the layer is opened as it is.
+func openReadOnlyTree(path string) (int, error) {
+	tree, err := unix.OpenTree(unix.AT_FDCWD, path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err == nil {
+		err = unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY})
+		if err == nil {
+			fd, err := unix.Openat(tree, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			unix.Close(tree)
+			if err == nil {
+				return fd, nil
+			}
+		} else {
+			unix.Close(tree)
+		}
+	}
+	return unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 }

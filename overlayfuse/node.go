@@ -38,6 +38,14 @@ type node struct {
 	// xattrs caches the attribute names of the real object.
 	xattrs      []string
 	xattrsKnown bool
+
+	// bornUpper: the node showed an upper file from the start.
+	bornUpper bool
+	// ptLowerOpens counts open handles whose passthrough backing file is
+	// the lower one.
+	ptLowerOpens int
+	// stale: retired by swapForUpper; lookups make a new node instead.
+	stale bool
 }
 
 type alias struct {
@@ -340,7 +348,8 @@ func (ofs *overlayFS) nodeFor(ctx context.Context, parent *node, name string, e 
 	mode := e.st.Mode & unix.S_IFMT
 
 	ofs.mu.Lock()
-	if old := ofs.nodes[ino]; old != nil && old.StableAttr().Mode == mode && !old.Forgotten() && old.shows(e) {
+	old := ofs.nodes[ino]
+	if old != nil && old.StableAttr().Mode == mode && !old.Forgotten() && !old.isStale() && old.shows(e) {
 		ofs.mu.Unlock()
 		e.release()
 		if mode != unix.S_IFDIR {
@@ -351,18 +360,26 @@ func (ofs *overlayFS) nodeFor(ctx context.Context, parent *node, name string, e 
 		}
 		return old, false, 0
 	}
-	gen := uint64(1)
-	if old := ofs.nodes[ino]; old != nil {
+	gen := max(ofs.gens[ino], 1)
+	if old != nil && !old.isStale() && gen <= old.StableAttr().Gen {
 		// The inode number came back for another file.
 		gen = old.StableAttr().Gen + 1
+		ofs.gens[ino] = gen
 	}
-	n = &node{ofs: ofs, upper: e.upper, lowers: e.lowers}
-	if mode != unix.S_IFDIR && len(e.lowers) > 0 && e.lowerSt.Nlink > 1 {
+	n = &node{ofs: ofs, upper: e.upper, lowers: e.lowers, bornUpper: e.upper.valid()}
+	if mode != unix.S_IFDIR && len(e.lowers) > 0 && e.lowerSt.Nlink > 1 && n.lowerNlink == 0 {
 		n.lowerNlink = uint32(e.lowerSt.Nlink)
 		if e.upper.valid() {
 			n.lowerMoved = 1
 		}
 		n.aliases = []alias{{parent, name}}
+	}
+	if old != nil && old.isStale() {
+		// The successor of a retired node keeps its hard link count.
+		old.mu.Lock()
+		n.lowerNlink, n.lowerMoved = old.lowerNlink, old.lowerMoved
+		n.aliases = append([]alias(nil), old.aliases...)
+		old.mu.Unlock()
 	}
 	if mode != unix.S_IFDIR && e.upper.valid() {
 		// The upper object hides any lower one for good.
@@ -375,6 +392,12 @@ func (ofs *overlayFS) nodeFor(ctx context.Context, parent *node, name string, e 
 	ofs.mu.Unlock()
 	parent.NewInode(ctx, n, fs.StableAttr{Mode: mode, Ino: ino, Gen: gen})
 	return n, true, 0
+}
+
+func (n *node) isStale() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.stale
 }
 
 // shows reports whether live node n stands for the object e found: the

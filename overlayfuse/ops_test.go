@@ -338,27 +338,56 @@ func TestManyLowerLayers(t *testing.T) {
 	}
 }
 
+// consistencyModes are the mount options of issue 3's two modes, with
+// passthrough on (where the kernel has it) and off.
+var consistencyModes = []struct {
+	name string
+	opts Options
+	// roSeesWrites: a fd opened read-only before a copy-up reads the
+	// data written after it.
+	roSeesWrites bool
+}{
+	{"default", Options{}, false},
+	{"default-nopassthrough", Options{Passthrough: PassthroughOff}, true},
+	{"strict", Options{Consistency: ConsistencyStrict}, true},
+	{"strict-nopassthrough", Options{Consistency: ConsistencyStrict, Passthrough: PassthroughOff}, true},
+}
+
+// TestReadOnlyFdSeesCopyUp is the hazard sequence: open read-only and
+// read, then open read-write and write. The lower file never changes;
+// new opens see the new data; the old read-only fd does too, except in
+// the default mode with passthrough (as the kernel's mmap case).
 func TestReadOnlyFdSeesCopyUp(t *testing.T) {
-	lowers, upper, work := newLayers(t, 1)
-	writeFile(t, filepath.Join(lowers[0], "f"), strings.Repeat("a", 8192), 0o644)
-	m := mountLayers(t, lowers, upper, work, Options{})
-	ro, err := os.Open(m.path("f"))
-	must(t, err)
-	defer ro.Close()
-	buf := make([]byte, 4)
-	_, err = ro.ReadAt(buf, 0)
-	must(t, err)
-	rw, err := os.OpenFile(m.path("f"), os.O_RDWR, 0)
-	must(t, err)
-	_, err = rw.WriteAt([]byte("bbbb"), 4096)
-	must(t, err)
-	must(t, rw.Close())
-	_, err = ro.ReadAt(buf, 4096)
-	must(t, err)
-	if string(buf) != "bbbb" {
-		t.Errorf("read-only fd reads %q after the write", buf)
-	}
-	if got, _ := os.ReadFile(filepath.Join(lowers[0], "f")); !bytes.Equal(got, bytes.Repeat([]byte("a"), 8192)) {
-		t.Errorf("the lower file changed")
+	for _, mode := range consistencyModes {
+		t.Run(mode.name, func(t *testing.T) {
+			lowers, upper, work := newLayers(t, 1)
+			writeFile(t, filepath.Join(lowers[0], "f"), strings.Repeat("a", 8192), 0o644)
+			m := mountLayers(t, lowers, upper, work, mode.opts)
+			ro, err := os.Open(m.path("f"))
+			must(t, err)
+			defer ro.Close()
+			buf := make([]byte, 4)
+			_, err = ro.ReadAt(buf, 4096)
+			must(t, err)
+			rw, err := os.OpenFile(m.path("f"), os.O_RDWR, 0)
+			must(t, err)
+			_, err = rw.WriteAt([]byte("bbbb"), 4096)
+			must(t, err)
+			must(t, rw.Close())
+			if got, _ := os.ReadFile(filepath.Join(lowers[0], "f")); !bytes.Equal(got, bytes.Repeat([]byte("a"), 8192)) {
+				t.Fatalf("the lower file changed")
+			}
+			if got := readFile(t, m.path("f"))[4096:4100]; got != "bbbb" {
+				t.Errorf("a new open reads %q", got)
+			}
+			if got := readFile(t, filepath.Join(upper, "f"))[4096:4100]; got != "bbbb" {
+				t.Errorf("the upper file holds %q", got)
+			}
+			_, err = ro.ReadAt(buf, 4096)
+			must(t, err)
+			if mode.roSeesWrites && string(buf) != "bbbb" {
+				t.Errorf("read-only fd reads %q after the write", buf)
+			}
+		})
 	}
 }

@@ -1,0 +1,98 @@
+package overlayfuse
+
+import (
+	"fmt"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// FUSE passthrough hands read, write and mmap of an open file to a backing
+// file in the kernel. go-fuse registers one backing file per node, at its
+// first open, and the kernel reopens that file for every later open while
+// one is live. So a node whose live backing file is its lower file must
+// never be opened again once copied up: the open would write the lower
+// layer. Such an open swaps the node for a new one (same inode number,
+// next generation) and answers ESTALE; the kernel looks the name up again
+// and opens the new node, backed by the upper file.
+
+// Filesystem magic numbers whose files cannot back a passthrough file
+// under our stacking depth of 1.
+const (
+	overlayfsMagic = 0x794c7630
+	fuseMagic      = 0x65735546
+)
+
+// probePassthrough checks, once the mount is up, that the kernel accepts
+// backing files, and that no layer is itself stacked.
+func (ofs *overlayFS) probePassthrough() error {
+	if ofs.opts.Passthrough == PassthroughOff {
+		return nil
+	}
+	if ofs.server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
+		return fmt.Errorf("the kernel does not offer FUSE passthrough (needs Linux 6.9)")
+	}
+	for _, l := range append([]*layer{ofs.upper}, ofs.lowers...) {
+		if l == nil {
+			continue
+		}
+		var s unix.Statfs_t
+		if err := unix.Fstatfs(l.fd, &s); err != nil {
+			return err
+		}
+		if s.Type == overlayfsMagic || s.Type == fuseMagic {
+			return fmt.Errorf("layer %s is on a stacked filesystem", l.path)
+		}
+	}
+	fd, err := unix.MemfdCreate("overlayfuse-probe", unix.MFD_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	id, errno := ofs.server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(fd)})
+	if errno != 0 {
+		return fmt.Errorf("registering a backing file: %w (needs CAP_SYS_ADMIN)", errno)
+	}
+	_ = ofs.server.UnregisterBackingFd(id)
+	ofs.passthrough = true
+	return nil
+}
+
+// passthroughFor reports whether node n's opens may be passed through.
+// Strict consistency keeps nodes that began as lower files in the page
+// cache of their FUSE inode, so a read-only map taken before a copy-up
+// sees the writes after it.
+func (n *node) passthroughFor() bool {
+	if !n.ofs.passthrough {
+		return false
+	}
+	return n.ofs.opts.Consistency != ConsistencyStrict || n.bornUpper
+}
+
+// swapForUpper retires copied-up node n, whose live backing file is a
+// lower one: the kernel, told ESTALE, looks the name up again and gets a
+// new node (same inode number, next generation) for the upper file.
+func (n *node) swapForUpper() syscall.Errno {
+	n.mu.Lock()
+	n.stale = true
+	n.mu.Unlock()
+	attr := n.StableAttr()
+	n.ofs.mu.Lock()
+	if n.ofs.gens[attr.Ino] <= attr.Gen {
+		n.ofs.gens[attr.Ino] = attr.Gen + 1
+	}
+	n.ofs.mu.Unlock()
+	return syscall.ESTALE
+}
+
+var _ fs.FilePassthroughFder = (*file)(nil)
+
+// PassthroughFd offers the real file to the kernel as the backing file.
+func (f *file) PassthroughFd() (int, bool) {
+	if !f.passthrough {
+		return -1, false
+	}
+	return f.fd, true
+}
