@@ -13,7 +13,7 @@ import (
 // openFlagsPassed are the open flags that reach the backing file; the
 // creation flags were dealt with by the overlay.
 const openFlagsPassed = unix.O_ACCMODE | unix.O_APPEND | unix.O_SYNC | unix.O_DSYNC |
-	unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK | unix.O_TRUNC | unix.O_LARGEFILE
+	unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK | unix.O_TRUNC
 
 // file is an open overlay file, stacked on an open real file.
 type file struct {
@@ -44,8 +44,10 @@ var (
 	_ fs.NodeCopyFileRanger = (*node)(nil)
 )
 
-func (n *node) newFile(fd int, flags uint32, upper bool) *file {
-	f := &file{n: n, fd: fd, flags: flags, upper: upper, passthrough: n.passthroughFor()}
+// newFile makes a handle; passthrough: the kernel may take its fd as the
+// backing file.
+func (n *node) newFile(fd int, flags uint32, upper, passthrough bool) *file {
+	f := &file{n: n, fd: fd, flags: flags, upper: upper, passthrough: passthrough && n.passthroughFor()}
 	if f.passthrough && !upper {
 		f.ptLower = true
 		n.mu.Lock()
@@ -70,9 +72,13 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			return nil, 0, errno
 		}
 	}
+	// The kernel opens files itself, with flags 0, for the flag ioctls;
+	// such an open never uses the backing file. Every open(2) carries
+	// O_LARGEFILE on 64 bits.
+	internal := flags == 0
 	n.mu.Lock()
 	real, upper := n.realLocked(), n.upper.valid()
-	swap := upper && n.ptLowerOpens > 0
+	swap := upper && n.ptLowerOpens > 0 && !internal
 	n.mu.Unlock()
 	if swap {
 		return nil, 0, n.swapForUpper()
@@ -82,7 +88,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
-	return n.newFile(fd, flags, upper), fuse.FOPEN_KEEP_CACHE, 0
+	return n.newFile(fd, flags, upper, !internal), fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // readFd is the fd reads go to: for a read-only handle of a lower file
@@ -123,6 +129,16 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 	if errno != 0 {
 		return nil, errno
 	}
+	if f.flags&unix.O_DIRECT != 0 && !aligned(dest) {
+		buf := getAligned(len(dest))
+		defer putAligned(buf)
+		n, err := unix.Pread(fd, buf[:len(dest)], off)
+		if err != nil {
+			return nil, toErrno(err)
+		}
+		copy(dest, buf[:n])
+		return fuse.ReadResultData(dest[:n]), 0
+	}
 	n, err := unix.Pread(fd, dest, off)
 	if err != nil {
 		return nil, toErrno(err)
@@ -133,6 +149,12 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	if f.flags&unix.O_DIRECT != 0 && !aligned(data) {
+		buf := getAligned(len(data))
+		defer putAligned(buf)
+		copy(buf, data)
+		data = buf[:len(data)]
+	}
 	n, err := unix.Pwrite(f.fd, data, off)
 	return uint32(n), toErrno(err)
 }

@@ -195,7 +195,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, errno
 	}
 	child := ch.Operations().(*node)
-	return ch, child.newFile(fd, flags, true), fuse.FOPEN_KEEP_CACHE, 0
+	return ch, child.newFile(fd, flags, true, true), fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
