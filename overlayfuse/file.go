@@ -26,8 +26,8 @@ type file struct {
 	// copy-up moves over to the upper file at its next read, so it sees
 	// what was written after.
 	upper bool
-	// passthrough: the kernel may use fd as the backing file; ptLower:
-	// and it is a lower one.
+	// passthrough: the kernel may take fd as the node's backing file;
+	// ptLower: and fd is the lower file.
 	passthrough, ptLower bool
 }
 
@@ -47,11 +47,14 @@ var (
 // newFile makes a handle; passthrough: the kernel may take its fd as the
 // backing file.
 func (n *node) newFile(fd int, flags uint32, upper, passthrough bool) *file {
-	f := &file{n: n, fd: fd, flags: flags, upper: upper, passthrough: passthrough && n.passthroughFor()}
-	if f.passthrough && !upper {
-		f.ptLower = true
+	f := &file{n: n, fd: fd, flags: flags, upper: upper, passthrough: passthrough}
+	if passthrough {
+		f.ptLower = !upper
 		n.mu.Lock()
-		n.ptLowerOpens++
+		n.ptOpens++
+		if f.ptLower {
+			n.ptLowerOpens++
+		}
 		n.mu.Unlock()
 	}
 	return f
@@ -76,19 +79,20 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	// such an open never uses the backing file. Every open(2) carries
 	// O_LARGEFILE on 64 bits.
 	internal := flags == 0
+	pt := !internal && n.passthroughFor()
 	n.mu.Lock()
 	real, upper := n.realLocked(), n.upper.valid()
-	swap := upper && n.ptLowerOpens > 0 && !internal
+	retire := !internal && ((upper && n.ptLowerOpens > 0) || (!pt && n.ptOpens > 0))
 	n.mu.Unlock()
-	if swap {
-		return nil, 0, n.swapForUpper()
+	if retire {
+		return nil, 0, n.retire()
 	}
 	flags &= openFlagsPassed
 	fd, err := real.open(int(flags))
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
-	return n.newFile(fd, flags, upper, !internal), fuse.FOPEN_KEEP_CACHE, 0
+	return n.newFile(fd, flags, upper, pt), fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // readFd is the fd reads go to: for a read-only handle of a lower file
@@ -149,6 +153,9 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	if errno := f.killPrivOnWrite(ctx); errno != 0 {
+		return 0, errno
+	}
 	if f.flags&unix.O_DIRECT != 0 && !aligned(data) {
 		buf := getAligned(len(data))
 		defer putAligned(buf)
@@ -178,9 +185,12 @@ func (f *file) Release(ctx context.Context) syscall.Errno {
 	}
 	err := unix.Close(f.fd)
 	f.fd = -1
-	if f.ptLower {
+	if f.passthrough {
 		f.n.mu.Lock()
-		f.n.ptLowerOpens--
+		f.n.ptOpens--
+		if f.ptLower {
+			f.n.ptLowerOpens--
+		}
 		f.n.mu.Unlock()
 	}
 	return toErrno(err)

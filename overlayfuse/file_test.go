@@ -14,11 +14,16 @@ import (
 // eachMode runs fn on a fresh mount over one lower layer for every
 // consistency mode.
 func eachMode(t *testing.T, setup func(lower string), fn func(t *testing.T, m *testMount, roSeesWrites bool)) {
+	eachModeWith(t, mountLayers, setup, fn)
+}
+
+func eachModeWith(t *testing.T, mount func(*testing.T, []string, string, string, Options) *testMount,
+	setup func(lower string), fn func(t *testing.T, m *testMount, roSeesWrites bool)) {
 	for _, mode := range consistencyModes {
 		t.Run(mode.name, func(t *testing.T) {
 			lowers, upper, work := newLayers(t, 1)
 			setup(lowers[0])
-			m := mountLayers(t, lowers, upper, work, mode.opts)
+			m := mount(t, lowers, upper, work, mode.opts)
 			fn(t, m, mode.roSeesWrites)
 		})
 	}
@@ -222,7 +227,7 @@ func TestSetflagsCopiesUp(t *testing.T) {
 // writable MAP_SHARED map always maps the upper file.
 func TestMmapConsistency(t *testing.T) {
 	setup := func(lower string) { writeFile(t, filepath.Join(lower, "f"), strings.Repeat("a", 8192), 0o644) }
-	eachMode(t, setup, func(t *testing.T, m *testMount, roSeesWrites bool) {
+	eachModeWith(t, mountServed, setup, func(t *testing.T, m *testMount, roSeesWrites bool) {
 		ro, err := unix.Open(m.path("f"), unix.O_RDONLY, 0)
 		must(t, err)
 		defer unix.Close(ro)
@@ -255,3 +260,67 @@ func TestMmapConsistency(t *testing.T) {
 
 // fsNodumpFl is FS_NODUMP_FL, chattr's d.
 const fsNodumpFl = 0x40
+
+// TestWriteDropsPrivileges: a write or truncate by an unprivileged caller
+// drops set-id bits, a write by root keeps them, and any write drops file
+// capabilities, in every mode (passthrough writes never reach us).
+func TestWriteDropsPrivileges(t *testing.T) {
+	capV2 := []byte{0, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} // cap_net_raw
+	setup := func(lower string) {
+		for _, name := range []string{"user", "trunc", "root"} {
+			p := filepath.Join(lower, name)
+			writeFile(t, p, "data", 0o644)
+			must(t, unix.Chmod(p, 0o6777))
+		}
+		p := filepath.Join(lower, "capped")
+		writeFile(t, p, "data", 0o755)
+		must(t, unix.Setxattr(p, capabilityXattr, capV2, 0))
+	}
+	eachMode(t, setup, func(t *testing.T, m *testMount, _ bool) {
+		done := make(chan error)
+		go func() {
+			done <- asUser(1000, 1000, 0o022, func() error {
+				f, err := os.OpenFile(m.path("user"), os.O_WRONLY, 0)
+				if err != nil {
+					return err
+				}
+				if _, err := f.WriteAt([]byte("x"), 0); err != nil {
+					return err
+				}
+				if err := f.Close(); err != nil {
+					return err
+				}
+				return os.Truncate(m.path("trunc"), 1)
+			})
+		}()
+		must(t, <-done)
+		f, err := os.OpenFile(m.path("root"), os.O_WRONLY, 0)
+		must(t, err)
+		_, err = f.WriteAt([]byte("x"), 0)
+		must(t, err)
+		must(t, f.Close())
+		f, err = os.OpenFile(m.path("capped"), os.O_WRONLY, 0)
+		must(t, err)
+		_, err = f.WriteAt([]byte("x"), 0)
+		must(t, err)
+		must(t, f.Close())
+
+		mode := func(p string) uint32 {
+			var st unix.Stat_t
+			must(t, unix.Stat(m.path(p), &st))
+			return st.Mode & 07777
+		}
+		if got := mode("user"); got != 0o777 {
+			t.Errorf("written by uid 1000: mode %o, want 777", got)
+		}
+		if got := mode("trunc"); got != 0o777 {
+			t.Errorf("truncated by uid 1000: mode %o, want 777", got)
+		}
+		if got := mode("root"); got != 0o6777 {
+			t.Errorf("written by root: mode %o, want 6777", got)
+		}
+		if _, err := unix.Getxattr(m.path("capped"), capabilityXattr, make([]byte, 64)); err != unix.ENODATA {
+			t.Errorf("security.capability after a write: %v, want ENODATA", err)
+		}
+	})
+}

@@ -180,6 +180,9 @@ func (ofs *overlayFS) fsOptions() *fs.Options {
 			// The kernel checks and caches POSIX ACLs itself, instead
 			// of asking for them at every `ls -l`.
 			EnableAcl: true,
+			// We drop privileges on write ourselves (killpriv.go), so
+			// the kernel need not ask for security.capability first.
+			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
 		},
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,

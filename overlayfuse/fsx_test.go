@@ -33,7 +33,8 @@ func TestFsx(t *testing.T) {
 			for i := 0; i < files; i++ {
 				must(t, os.WriteFile(filepath.Join(lowers[0], fmt.Sprintf("f%d", i)), initial, 0o644))
 			}
-			m := mountLayers(t, lowers, upper, work, mode.opts)
+			// It maps the file: the server must be another process.
+			m := mountServed(t, lowers, upper, work, mode.opts)
 			ref := append([]byte(nil), initial...)
 			x := &fsx{t: t, rng: rng, ref: ref, roSees: mode.roSeesWrites, maxSize: maxSize}
 			x.open(m.path("f0"))

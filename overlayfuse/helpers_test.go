@@ -1,9 +1,16 @@
 package overlayfuse
 
 import (
+	"bufio"
+	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -133,3 +140,95 @@ var time1 = time.Unix(1500000000, 0)
 // goroutine instead of serving others.
 func lockThread()        { runtime.LockOSThread() }
 func unlockThreadDirty() {}
+
+// Tests that map files of the mount must not serve it from their own
+// process: a page fault holds the process's mmap lock while it waits for
+// the server, and the Go runtime of an in-process server may need that
+// lock to grow its heap. mountServed runs the server in a child process
+// (this test binary again, see TestMain).
+const serveEnv = "OVERLAYFUSE_TEST_SERVE"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(serveEnv); spec != "" {
+		os.Exit(serveChild(spec))
+	}
+	os.Exit(m.Run())
+}
+
+// serveSpec is what the child mounts.
+type serveSpec struct {
+	Dir    string
+	Layers Layers
+	Opts   Options
+}
+
+func serveChild(spec string) int {
+	var s serveSpec
+	if err := json.Unmarshal([]byte(spec), &s); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	srv, err := Mount(s.Dir, s.Layers, s.Opts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Printf("ready %v\n", srv.PassthroughActive())
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, unix.SIGTERM, unix.SIGINT)
+	go func() { <-sig; _ = srv.Unmount() }()
+	srv.Wait()
+	return 0
+}
+
+// mountServed is mountLayers with the server in a child process.
+func mountServed(t *testing.T, lowers []string, upper, work string, opts Options) *testMount {
+	t.Helper()
+	tmp := t.TempDir()
+	dir := filepath.Join(tmp, "merged")
+	must(t, os.Mkdir(dir, 0o755))
+	MountInChild(t, dir, Layers{Lower: lowers, Upper: upper, Work: work}, opts)
+	return &testMount{dir: dir, upper: upper, work: work, lowers: lowers}
+}
+
+// MountInChild mounts layers at dir, served by a child process, and
+// returns the function that unmounts it (also run at cleanup) and whether
+// passthrough is active. Exported for the differential tests.
+func MountInChild(t testing.TB, dir string, layers Layers, opts Options) (unmount func() error, passthrough bool) {
+	t.Helper()
+	testutil.RequireFUSE(t)
+	spec, err := json.Marshal(serveSpec{Dir: dir, Layers: layers, Opts: opts})
+	must(t, err)
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), serveEnv+"="+string(spec))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	must(t, err)
+	must(t, cmd.Start())
+	var once sync.Once
+	var uerr error
+	unmount = func() error {
+		once.Do(func() {
+			_ = cmd.Process.Signal(unix.SIGTERM)
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case uerr = <-done:
+			case <-time.After(10 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+				uerr = fmt.Errorf("server process did not end")
+			}
+			if err := unix.Unmount(dir, unix.MNT_DETACH); err == nil && uerr == nil {
+				uerr = fmt.Errorf("mount %s was still there", dir)
+			}
+		})
+		return uerr
+	}
+	t.Cleanup(func() { _ = unmount() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "ready ") {
+		t.Fatalf("server process: %q %v", line, err)
+	}
+	return unmount, line == "ready true\n"
+}

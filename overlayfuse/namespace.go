@@ -195,7 +195,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, errno
 	}
 	child := ch.Operations().(*node)
-	return ch, child.newFile(fd, flags, true, true), fuse.FOPEN_KEEP_CACHE, 0
+	return ch, child.newFile(fd, flags, true, child.passthroughFor()), fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -326,4 +326,51 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 		return syscall.ENOTEMPTY
 	}
 	return n.removeEntry(ctx, name, &e, true)
+}
+
+var _ fs.NodeTmpfiler = (*node)(nil)
+
+// Tmpfile serves O_TMPFILE: an unnamed file in the upper directory,
+// owned by the caller.
+func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	if n.ofs.readOnly() {
+		return nil, nil, 0, syscall.EROFS
+	}
+	if errno := n.copyUp(ctx); errno != 0 {
+		return nil, nil, 0, errno
+	}
+	ne := newEntry{uid: -1, gid: -1}
+	if c, ok := fuse.FromContext(ctx); ok {
+		ne.uid, ne.gid = int(c.Uid), int(c.Gid)
+	}
+	dir := n.upperDirFd()
+	flags &= openFlagsPassed &^ unix.O_TRUNC
+	fd, err := unix.Openat(dir, ".", int(flags)|unix.O_TMPFILE|unix.O_CLOEXEC, mode&07777)
+	if err != nil {
+		return nil, nil, 0, toErrno(err)
+	}
+	var st unix.Stat_t
+	err = unix.Fstat(fd, &st)
+	if err == nil && (ne.uid > 0 || ne.gid > 0) {
+		err = unix.Fchown(fd, ne.uid, ne.gid)
+		if err == nil && mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+			err = unix.Fchmod(fd, mode&07777)
+		}
+	}
+	var fh unix.FileHandle
+	if err == nil {
+		fh, _, err = unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+	}
+	if err == nil {
+		err = unix.Fstat(fd, &st)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, nil, 0, toErrno(err)
+	}
+	child := &node{ofs: n.ofs, upper: realRef{layer: n.ofs.upper, fd: -1, fh: fh}, bornUpper: true}
+	ino := n.ofs.ino(st.Dev, st.Ino)
+	ch := n.NewInode(ctx, child, fs.StableAttr{Mode: unix.S_IFREG, Ino: ino, Gen: 1})
+	child.fillAttr(&st, &out.Attr)
+	return ch, child.newFile(fd, flags, true, child.passthroughFor()), fuse.FOPEN_KEEP_CACHE, 0
 }

@@ -41,10 +41,10 @@ type node struct {
 
 	// bornUpper: the node showed an upper file from the start.
 	bornUpper bool
-	// ptLowerOpens counts open handles whose passthrough backing file is
-	// the lower one.
-	ptLowerOpens int
-	// stale: retired by swapForUpper; lookups make a new node instead.
+	// ptOpens counts open handles passed through, ptLowerOpens those of
+	// them whose backing file is the lower one.
+	ptOpens, ptLowerOpens int
+	// stale: retired (passthrough.go); lookups make a new node instead.
 	stale bool
 }
 

@@ -391,3 +391,24 @@ func TestReadOnlyFdSeesCopyUp(t *testing.T) {
 		})
 	}
 }
+func TestTmpfile(t *testing.T) {
+	lowers, upper, work := newLayers(t, 1)
+	writeFile(t, filepath.Join(lowers[0], "d/x"), "x", 0o644)
+	m := mountLayers(t, lowers, upper, work, Options{})
+	fd, err := unix.Open(m.path("d"), unix.O_TMPFILE|unix.O_RDWR, 0o600)
+	must(t, err)
+	defer unix.Close(fd)
+	_, err = unix.Pwrite(fd, []byte("tmp"), 0)
+	must(t, err)
+	buf := make([]byte, 3)
+	_, err = unix.Pread(fd, buf, 0)
+	must(t, err)
+	var st unix.Stat_t
+	must(t, unix.Fstat(fd, &st))
+	if string(buf) != "tmp" || st.Nlink != 0 || st.Size != 3 {
+		t.Errorf("O_TMPFILE: %q nlink %d size %d", buf, st.Nlink, st.Size)
+	}
+	if got := listNames(t, m.path("d")); got != "x" {
+		t.Errorf("d lists %q", got)
+	}
+}

@@ -2,6 +2,7 @@ package overlayfuse
 
 import (
 	"fmt"
+	"slices"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -60,21 +61,40 @@ func (ofs *overlayFS) probePassthrough() error {
 	return nil
 }
 
-// passthroughFor reports whether node n's opens may be passed through.
-// Strict consistency keeps nodes that began as lower files in the page
-// cache of their FUSE inode, so a read-only map taken before a copy-up
-// sees the writes after it.
+// passthroughFor reports whether node n's next open may be passed
+// through. Strict consistency keeps nodes that began as lower files in the
+// page cache of their FUSE inode, so a read-only map taken before a
+// copy-up sees the writes after it. A privileged file is never passed
+// through: its writes must reach us to drop the privileges (killpriv.go).
 func (n *node) passthroughFor() bool {
 	if !n.ofs.passthrough {
 		return false
 	}
-	return n.ofs.opts.Consistency != ConsistencyStrict || n.bornUpper
+	if n.ofs.opts.Consistency == ConsistencyStrict && !n.bornUpper {
+		return false
+	}
+	return !n.privileged()
 }
 
-// swapForUpper retires copied-up node n, whose live backing file is a
-// lower one: the kernel, told ESTALE, looks the name up again and gets a
-// new node (same inode number, next generation) for the upper file.
-func (n *node) swapForUpper() syscall.Errno {
+// privileged: the file has set-id bits or file capabilities.
+func (n *node) privileged() bool {
+	var st unix.Stat_t
+	if n.real().stat(&st) != nil {
+		return true
+	}
+	if st.Mode&unix.S_ISUID != 0 || st.Mode&(unix.S_ISGID|unix.S_IXGRP) == unix.S_ISGID|unix.S_IXGRP {
+		return true
+	}
+	names, errno := n.xattrNames()
+	return errno != 0 || slices.Contains(names, capabilityXattr)
+}
+
+// retire takes node n out of lookups: the kernel, told ESTALE, looks the
+// name up again and gets a new node (same inode number, next generation),
+// whose opens start afresh. It serves a copied-up node whose live backing
+// file is the lower one, and a node whose next open must not pass through
+// while others do (the kernel refuses to mix the two).
+func (n *node) retire() syscall.Errno {
 	n.mu.Lock()
 	n.stale = true
 	n.mu.Unlock()

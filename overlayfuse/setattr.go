@@ -71,6 +71,11 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 			return toErrno(err)
 		}
 	}
+	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 && !symlink {
+		if errno := n.killPrivOnSetattr(up); errno != 0 {
+			return errno
+		}
+	}
 	var st unix.Stat_t
 	if err := fstat(up, &st); err != nil {
 		return toErrno(err)
