@@ -1,0 +1,156 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2"
+
+	"github.com/overlayfuse/overlayfuse/overlayfuse"
+)
+
+const (
+	defaultAddress = "/run/containerd-overlay-grpc/containerd-overlay-grpc.sock"
+	defaultRoot    = "/var/lib/containerd-overlay-grpc"
+)
+
+// config is the daemon's configuration. The TOML keys are the flag names.
+type config struct {
+	Address     string `toml:"address"`
+	Root        string `toml:"root"`
+	LogLevel    string `toml:"log-level"`
+	Passthrough string `toml:"passthrough"`
+	Consistency string `toml:"consistency"`
+}
+
+func defaultConfig() config {
+	return config{
+		Address:     defaultAddress,
+		Root:        defaultRoot,
+		LogLevel:    "info",
+		Passthrough: string(overlayfuse.PassthroughAuto),
+		Consistency: string(overlayfuse.ConsistencyDefault),
+	}
+}
+
+// errHelp asks for the usage text and a zero exit status.
+var errHelp = errors.New("help requested")
+
+// options is what the command line asked for.
+type options struct {
+	config  config
+	version bool
+}
+
+// parseArgs reads the flags, then the config file they name; a flag given
+// on the command line wins over the file.
+func parseArgs(args []string, usage io.Writer) (options, error) {
+	var (
+		o          options
+		configFile string
+		flags      config
+	)
+	def := defaultConfig()
+	fs := flag.NewFlagSet("containerd-overlay-grpc", flag.ContinueOnError)
+	fs.SetOutput(new(bytes.Buffer)) // we print one line of our own
+	fs.StringVar(&flags.Address, "address", def.Address, "unix socket to serve the snapshots API on")
+	fs.StringVar(&flags.Root, "root", def.Root, "directory for the metadata and the snapshots")
+	fs.StringVar(&flags.LogLevel, "log-level", def.LogLevel, "trace (also logs every FUSE request), debug, info, warn or error")
+	fs.StringVar(&flags.Passthrough, "passthrough", def.Passthrough, "FUSE passthrough: auto, on or off")
+	fs.StringVar(&flags.Consistency, "consistency", def.Consistency, "default or strict")
+	fs.StringVar(&configFile, "config", "", "TOML file with the same keys as the flags")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(usage, "Usage: containerd-overlay-grpc [flags]\n\nServes the overlayfuse snapshotter to containerd over gRPC.\n\n")
+			fs.SetOutput(usage)
+			fs.PrintDefaults()
+			return o, errHelp
+		}
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if o.version {
+		return o, nil
+	}
+
+	o.config = def
+	if configFile != "" {
+		if err := loadConfigFile(configFile, &o.config); err != nil {
+			return o, err
+		}
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "address":
+			o.config.Address = flags.Address
+		case "root":
+			o.config.Root = flags.Root
+		case "log-level":
+			o.config.LogLevel = flags.LogLevel
+		case "passthrough":
+			o.config.Passthrough = flags.Passthrough
+		case "consistency":
+			o.config.Consistency = flags.Consistency
+		}
+	})
+	return o, o.config.validate()
+}
+
+func loadConfigFile(path string, c *config) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	dec := toml.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields() // a misspelt key must not be ignored
+	if err := dec.Decode(c); err != nil {
+		var strict *toml.StrictMissingError
+		if errors.As(err, &strict) {
+			var keys []string
+			for _, e := range strict.Errors {
+				keys = append(keys, strings.Join(e.Key(), "."))
+			}
+			return fmt.Errorf("config %s: unknown key %s", path, strings.Join(keys, ", "))
+		}
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, col := de.Position()
+			return fmt.Errorf("config %s:%d:%d: %v", path, row, col, de.Error())
+		}
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+func (c config) validate() error {
+	if c.Address == "" {
+		return errors.New("address must not be empty")
+	}
+	if c.Root == "" {
+		return errors.New("root must not be empty")
+	}
+	switch c.LogLevel {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log-level %q: want trace, debug, info, warn or error", c.LogLevel)
+	}
+	switch overlayfuse.Passthrough(c.Passthrough) {
+	case overlayfuse.PassthroughAuto, overlayfuse.PassthroughOn, overlayfuse.PassthroughOff:
+	default:
+		return fmt.Errorf("passthrough %q: want auto, on or off", c.Passthrough)
+	}
+	switch overlayfuse.Consistency(c.Consistency) {
+	case overlayfuse.ConsistencyDefault, overlayfuse.ConsistencyStrict:
+	default:
+		return fmt.Errorf("consistency %q: want default or strict", c.Consistency)
+	}
+	return nil
+}

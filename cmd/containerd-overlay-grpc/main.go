@@ -1,0 +1,143 @@
+// Command containerd-overlay-grpc serves the overlayfuse snapshotter to
+// containerd as a proxy snapshotter plugin, over gRPC on a unix socket:
+//
+//	[proxy_plugins.overlayfuse]
+//	  type = "snapshot"
+//	  address = "/run/containerd-overlay-grpc/containerd-overlay-grpc.sock"
+//
+// Every active snapshot is an overlayfuse mount served by this process;
+// they all end when it stops (SIGTERM, SIGINT), and are mounted again when
+// it starts.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/log"
+	"google.golang.org/grpc"
+
+	"github.com/overlayfuse/overlayfuse/overlayfuse"
+	"github.com/overlayfuse/overlayfuse/snapshotter"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = ""
+
+// stopTimeout bounds how long in-flight requests may run at shutdown.
+const stopTimeout = 10 * time.Second
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	o, err := parseArgs(args, os.Stdout)
+	switch {
+	case errors.Is(err, errHelp):
+		return 0
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "containerd-overlay-grpc: %v\n", err)
+		return 1
+	case o.version:
+		fmt.Printf("containerd-overlay-grpc %s\n", versionString())
+		return 0
+	}
+	if err := serve(o.config); err != nil {
+		fmt.Fprintf(os.Stderr, "containerd-overlay-grpc: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "unknown"
+}
+
+// serve runs until SIGTERM or SIGINT, then ends every mount.
+func serve(c config) (err error) {
+	if err := log.SetLevel(c.LogLevel); err != nil {
+		return err
+	}
+	ctx := log.WithLogger(context.Background(), log.L)
+
+	// Early, so that a signal during the restart's remounting still ends
+	// with every mount undone.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	// Log writes to a closed journal must not kill the process.
+	signal.Ignore(syscall.SIGPIPE)
+
+	lock, err := lockRoot(c.Root)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+
+	opts := []snapshotter.Opt{
+		snapshotter.WithPassthrough(overlayfuse.Passthrough(c.Passthrough)),
+		snapshotter.WithConsistency(overlayfuse.Consistency(c.Consistency)),
+	}
+	if c.LogLevel == "trace" {
+		opts = append(opts, snapshotter.WithFUSEDebug) // every FUSE request
+	}
+	sn, err := snapshotter.NewSnapshotter(c.Root, opts...)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := sn.Close(); cerr != nil {
+			log.G(ctx).WithError(cerr).Error("closing snapshotter")
+			err = errors.Join(err, cerr)
+		}
+	}()
+
+	l, err := listen(c.Address)
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer()
+	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+
+	log.G(ctx).WithField("address", c.Address).WithField("root", sn.Root()).
+		WithField("version", versionString()).Info("containerd-overlay-grpc serving")
+	if err := sdNotify("READY=1"); err != nil {
+		log.G(ctx).WithError(err).Warn("cannot notify systemd")
+	}
+
+	select {
+	case sig := <-sigs:
+		log.G(ctx).Infof("received %v, shutting down", sig)
+	case err = <-served:
+		log.G(ctx).WithError(err).Error("gRPC server stopped")
+	}
+	_ = sdNotify("STOPPING=1")
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(stopTimeout):
+		srv.Stop()
+	}
+	if rerr := os.Remove(c.Address); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		log.G(ctx).WithError(rerr).Warn("cannot remove socket")
+	}
+	return err
+}

@@ -1,0 +1,46 @@
+//go:build linux
+
+package snapshotter
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/continuity/fs"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+)
+
+// Commit turns the active snapshot key into the committed snapshot name.
+// Its overlay is unmounted first, so that no writer can change the
+// directory once it is a lower layer of other snapshots.
+func (o *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
+	return o.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+		id, info, _, err := storage.GetInfo(ctx, key)
+		if err != nil {
+			return fmt.Errorf("commit snapshot %q: %w", key, err)
+		}
+		if info.Kind != snapshots.KindActive {
+			return fmt.Errorf("commit snapshot %q: it is %v, not active: %w", key, info.Kind, errdefs.ErrFailedPrecondition)
+		}
+		if err := o.live.unmount(ctx, id); err != nil {
+			return fmt.Errorf("commit snapshot %q: end its overlay: %w", key, err)
+		}
+		usage, err := fs.DiskUsage(ctx, o.upperPath(id))
+		if err == nil {
+			_, err = storage.CommitActive(ctx, key, name, snapshots.Usage(usage), opts...)
+		}
+		if err != nil {
+			// The snapshot stays active: give it its overlay back.
+			if s, err1 := storage.GetSnapshot(ctx, key); err1 == nil {
+				if err1 := o.mountOverlay(ctx, s); err1 != nil {
+					log.G(ctx).WithError(err1).WithField("key", key).Warn("cannot mount again after failed commit; Mounts will retry")
+				}
+			}
+			return fmt.Errorf("commit snapshot %q as %q: %w", key, name, err)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,107 @@
+//go:build linux
+
+package snapshotter
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+
+	"github.com/overlayfuse/overlayfuse/internal/testutil"
+)
+
+// newTestSnapshotter opens a snapshotter on a fresh root and closes it
+// (ending every mount) when the test ends, also on failure.
+func newTestSnapshotter(t testing.TB, opts ...Opt) (*Snapshotter, string) {
+	t.Helper()
+	testutil.RequireFUSE(t)
+	root := t.TempDir()
+	s, err := NewSnapshotter(root, opts...)
+	if err != nil {
+		t.Fatalf("NewSnapshotter: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		assertNoMounts(t, s.Root())
+	})
+	return s, s.Root()
+}
+
+// mountAt mounts what a snapshotter returned on a new directory, as
+// containerd does, and unmounts it when the test ends.
+func mountAt(t testing.TB, mounts []mount.Mount) string {
+	t.Helper()
+	target := t.TempDir()
+	if err := mount.All(mounts, target); err != nil {
+		t.Fatalf("mount %+v: %v", mounts, err)
+	}
+	t.Cleanup(func() { unmountTarget(t, target) })
+	return target
+}
+
+// unmountTarget unmounts target if it is still mounted; a mount of a dead
+// FUSE server is detached.
+func unmountTarget(t testing.TB, target string) {
+	t.Helper()
+	if err := unix.Unmount(target, unix.MNT_DETACH); err != nil && err != unix.EINVAL && err != unix.ENOENT {
+		t.Errorf("unmount %s: %v", target, err)
+	}
+}
+
+// assertNoMounts fails the test if anything is still mounted under dir.
+func assertNoMounts(t testing.TB, dir string) {
+	t.Helper()
+	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		t.Errorf("mountinfo: %v", err)
+		return
+	}
+	for _, m := range infos {
+		t.Errorf("left mounted: %s (%s)", m.Mountpoint, m.FSType)
+		_ = unix.Unmount(m.Mountpoint, unix.MNT_DETACH)
+	}
+}
+
+// isFUSEMount reports whether dir is the mountpoint of a FUSE mount.
+func isFUSEMount(t testing.TB, dir string) bool {
+	t.Helper()
+	infos, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(dir))
+	if err != nil {
+		t.Fatalf("mountinfo: %v", err)
+	}
+	return len(infos) == 1 && strings.HasPrefix(infos[0].FSType, "fuse")
+}
+
+// commitLayer prepares a snapshot on parent, writes files through its
+// mount, and commits it as name.
+func commitLayer(ctx context.Context, t testing.TB, s snapshots.Snapshotter, name, parent string, files map[string]string) {
+	t.Helper()
+	key := name + "-active"
+	m, err := s.Prepare(ctx, key, parent)
+	if err != nil {
+		t.Fatalf("Prepare %s: %v", key, err)
+	}
+	target := mountAt(t, m)
+	for p, data := range files {
+		full := filepath.Join(target, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unmountTarget(t, target)
+	if err := s.Commit(ctx, name, key); err != nil {
+		t.Fatalf("Commit %s: %v", name, err)
+	}
+}

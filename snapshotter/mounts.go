@@ -1,0 +1,111 @@
+//go:build linux
+
+package snapshotter
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
+
+	"github.com/overlayfuse/overlayfuse/overlayfuse"
+)
+
+// Mounts returns the mounts of an active snapshot or a view: the same
+// answer Prepare or View gave. A committed snapshot has none (NotFound).
+func (o *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
+	var s storage.Snapshot
+	if err := o.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
+		s, err = o.getActive(ctx, key)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("mounts of snapshot %q: %w", key, err)
+	}
+	if needsOverlay(s) && !o.live.has(s.ID) {
+		// Mounting at restart failed, or a failed Commit could not mount
+		// again: mount now. The write transaction orders this against a
+		// concurrent Remove, which unmounts inside its own.
+		if err := o.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
+			if s, err = o.getActive(ctx, key); err != nil {
+				return err
+			}
+			return o.mountOverlay(ctx, s)
+		}); err != nil {
+			return nil, fmt.Errorf("mounts of snapshot %q: %w", key, err)
+		}
+	}
+	return o.mounts(s), nil
+}
+
+// getActive returns the active snapshot or view key. Committed snapshots
+// are reported as NotFound, as they have no mounts.
+func (o *Snapshotter) getActive(ctx context.Context, key string) (storage.Snapshot, error) {
+	_, info, _, err := storage.GetInfo(ctx, key)
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	if info.Kind == snapshots.KindCommitted {
+		return storage.Snapshot{}, fmt.Errorf("snapshot %q is committed and has no mounts: %w", key, errdefs.ErrNotFound)
+	}
+	return storage.GetSnapshot(ctx, key)
+}
+
+// needsOverlay reports whether s is served by a FUSE overlay. A snapshot
+// without parents is its own directory, and a view of one layer is that
+// layer: both are plain bind mounts.
+func needsOverlay(s storage.Snapshot) bool {
+	switch {
+	case len(s.ParentIDs) == 0:
+		return false
+	case s.Kind == snapshots.KindView && len(s.ParentIDs) == 1:
+		return false
+	}
+	return true
+}
+
+// mounts is what containerd mounts for s: always one bind mount.
+func (o *Snapshotter) mounts(s storage.Snapshot) []mount.Mount {
+	rw := "rw"
+	if s.Kind == snapshots.KindView {
+		rw = "ro"
+	}
+	source := o.mergedPath(s.ID)
+	switch {
+	case len(s.ParentIDs) == 0:
+		source = o.upperPath(s.ID)
+	case !needsOverlay(s):
+		source = o.upperPath(s.ParentIDs[0])
+	}
+	return []mount.Mount{{
+		Type:    "bind",
+		Source:  source,
+		Options: []string{"rbind", rw},
+	}}
+}
+
+// mountOverlay mounts the FUSE overlay of s at its merged directory.
+func (o *Snapshotter) mountOverlay(ctx context.Context, s storage.Snapshot) error {
+	if !needsOverlay(s) {
+		return nil
+	}
+	layers := overlayfuse.Layers{Lower: make([]string, len(s.ParentIDs))}
+	// ParentIDs lists the nearest parent first, as overlayfuse wants.
+	for i, p := range s.ParentIDs {
+		layers.Lower[i] = o.upperPath(p)
+	}
+	readOnly := s.Kind == snapshots.KindView
+	if !readOnly {
+		layers.Upper = o.upperPath(s.ID)
+		layers.Work = o.workPath(s.ID)
+	}
+	// A root made by an older version may lack the mountpoint.
+	merged := o.mergedPath(s.ID)
+	if err := os.Mkdir(merged, 0o755); err != nil && !os.IsExist(err) {
+		return err
+	}
+	return o.live.mount(ctx, s.ID, merged, layers, readOnly)
+}

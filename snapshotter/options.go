@@ -1,0 +1,72 @@
+package snapshotter
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/overlayfuse/overlayfuse/overlayfuse"
+)
+
+// config collects what the Opts set.
+type config struct {
+	asyncRemove    bool
+	passthrough    overlayfuse.Passthrough
+	consistency    overlayfuse.Consistency
+	unmountTimeout time.Duration
+	fuseDebug      bool
+}
+
+// Opt configures the snapshotter.
+type Opt func(*config) error
+
+// AsynchronousRemove leaves the directories of removed snapshots for
+// Cleanup. The FUSE mount of a removed snapshot still ends in Remove.
+func AsynchronousRemove(c *config) error {
+	c.asyncRemove = true
+	return nil
+}
+
+// WithPassthrough selects FUSE passthrough for every overlay mount.
+func WithPassthrough(p overlayfuse.Passthrough) Opt {
+	return func(c *config) error {
+		switch p {
+		case overlayfuse.PassthroughAuto, overlayfuse.PassthroughOn, overlayfuse.PassthroughOff:
+		default:
+			return fmt.Errorf("passthrough %q: want auto, on or off", p)
+		}
+		c.passthrough = p
+		return nil
+	}
+}
+
+// WithConsistency selects the consistency mode of every overlay mount.
+func WithConsistency(m overlayfuse.Consistency) Opt {
+	return func(c *config) error {
+		switch m {
+		case overlayfuse.ConsistencyDefault, overlayfuse.ConsistencyStrict:
+		default:
+			return fmt.Errorf("consistency %q: want default or strict", m)
+		}
+		c.consistency = m
+		return nil
+	}
+}
+
+// WithUnmountTimeout bounds how long ending a mount may wait for its last
+// user (a leftover bind mount, an open file) before the FUSE connection is
+// aborted.
+func WithUnmountTimeout(d time.Duration) Opt {
+	return func(c *config) error {
+		if d <= 0 {
+			return fmt.Errorf("unmount timeout %v: must be positive", d)
+		}
+		c.unmountTimeout = d
+		return nil
+	}
+}
+
+// WithFUSEDebug logs every FUSE request of every mount.
+func WithFUSEDebug(c *config) error {
+	c.fuseDebug = true
+	return nil
+}
