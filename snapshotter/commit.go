@@ -35,7 +35,7 @@ func (o *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		if err != nil {
 			// The snapshot stays active: give it its overlay back.
 			if s, err1 := storage.GetSnapshot(ctx, key); err1 == nil {
-				if err1 := o.mountOverlay(ctx, s); err1 != nil {
+				if err1 := o.mountOverlay(ctx, s, info); err1 != nil {
 					log.G(ctx).WithError(err1).WithField("key", key).Warn("cannot mount again after failed commit; Mounts will retry")
 				}
 			}

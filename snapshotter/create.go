@@ -28,6 +28,7 @@ func (o *Snapshotter) View(ctx context.Context, key, parent string, opts ...snap
 func (o *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (_ []mount.Mount, err error) {
 	var (
 		s        storage.Snapshot
+		info     snapshots.Info
 		td, path string
 		mounted  bool
 	)
@@ -72,15 +73,18 @@ func (o *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			return fmt.Errorf("create snapshot directory: %w", err)
 		}
 		td = ""
-		if err := o.mountOverlay(ctx, s); err != nil {
+		if _, info, _, err = storage.GetInfo(ctx, key); err != nil {
 			return fmt.Errorf("create snapshot %q: %w", key, err)
 		}
-		mounted = needsOverlay(s)
+		if err := o.mountOverlay(ctx, s, info); err != nil {
+			return fmt.Errorf("create snapshot %q: %w", key, err)
+		}
+		mounted = needsOverlay(s, info)
 		return nil
 	}); err != nil {
 		return nil, err
 	}
-	return o.mounts(s), nil
+	return o.mounts(s, info), nil
 }
 
 // prepareDirectory makes a snapshot's directories under a temporary name;

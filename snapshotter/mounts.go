@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -19,56 +20,90 @@ import (
 // answer Prepare or View gave. A committed snapshot has none (NotFound).
 func (o *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
 	var s storage.Snapshot
+	var info snapshots.Info
 	if err := o.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
-		s, err = o.getActive(ctx, key)
+		s, info, err = o.getActive(ctx, key)
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("mounts of snapshot %q: %w", key, err)
 	}
-	if needsOverlay(s) && !o.live.has(s.ID) {
+	if needsOverlay(s, info) && !o.live.has(s.ID) {
 		// Mounting at restart failed, or a failed Commit could not mount
 		// again: mount now. The write transaction orders this against a
 		// concurrent Remove, which unmounts inside its own.
 		if err := o.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
-			if s, err = o.getActive(ctx, key); err != nil {
+			if s, info, err = o.getActive(ctx, key); err != nil {
 				return err
 			}
-			return o.mountOverlay(ctx, s)
+			return o.mountOverlay(ctx, s, info)
 		}); err != nil {
 			return nil, fmt.Errorf("mounts of snapshot %q: %w", key, err)
 		}
 	}
-	return o.mounts(s), nil
+	return o.mounts(s, info), nil
 }
 
 // getActive returns the active snapshot or view key. Committed snapshots
 // are reported as NotFound, as they have no mounts.
-func (o *Snapshotter) getActive(ctx context.Context, key string) (storage.Snapshot, error) {
+func (o *Snapshotter) getActive(ctx context.Context, key string) (storage.Snapshot, snapshots.Info, error) {
 	_, info, _, err := storage.GetInfo(ctx, key)
 	if err != nil {
-		return storage.Snapshot{}, err
+		return storage.Snapshot{}, info, err
 	}
 	if info.Kind == snapshots.KindCommitted {
-		return storage.Snapshot{}, fmt.Errorf("snapshot %q is committed and has no mounts: %w", key, errdefs.ErrNotFound)
+		return storage.Snapshot{}, info, fmt.Errorf("snapshot %q is committed and has no mounts: %w", key, errdefs.ErrNotFound)
 	}
-	return storage.GetSnapshot(ctx, key)
+	s, err := storage.GetSnapshot(ctx, key)
+	return s, info, err
+}
+
+// unpackLabel marks the snapshots containerd's unpacker prepares to apply
+// a layer into.
+const unpackLabel = "containerd.io/snapshot.ref"
+
+// isUnpack reports whether s is a layer being unpacked. containerd's
+// applier writes into the upperdir of a lone overlay mount without
+// mounting it (core/diff/apply), so an unpack needs no FUSE mount: the
+// layer lands on disk in overlayfs' format, which is ours, at disk speed.
+func isUnpack(s storage.Snapshot, info snapshots.Info) bool {
+	_, ok := info.Labels[unpackLabel]
+	return ok && s.Kind == snapshots.KindActive && len(s.ParentIDs) > 0
 }
 
 // needsOverlay reports whether s is served by a FUSE overlay. A snapshot
 // without parents is its own directory, and a view of one layer is that
-// layer: both are plain bind mounts.
-func needsOverlay(s storage.Snapshot) bool {
+// layer: both are plain bind mounts. An unpack writes into its directory.
+func needsOverlay(s storage.Snapshot, info snapshots.Info) bool {
 	switch {
 	case len(s.ParentIDs) == 0:
 		return false
 	case s.Kind == snapshots.KindView && len(s.ParentIDs) == 1:
 		return false
+	case isUnpack(s, info):
+		return false
 	}
 	return true
 }
 
-// mounts is what containerd mounts for s: always one bind mount.
-func (o *Snapshotter) mounts(s storage.Snapshot) []mount.Mount {
+// mounts is what containerd mounts for s: one bind mount, or for an
+// unpack one overlay mount that containerd writes into without mounting.
+func (o *Snapshotter) mounts(s storage.Snapshot, info snapshots.Info) []mount.Mount {
+	if isUnpack(s, info) {
+		lower := make([]string, len(s.ParentIDs))
+		for i, p := range s.ParentIDs {
+			lower[i] = o.upperPath(p)
+		}
+		return []mount.Mount{{
+			Type:   "overlay",
+			Source: "overlay",
+			Options: []string{
+				"index=off",
+				"workdir=" + o.workPath(s.ID),
+				"upperdir=" + o.upperPath(s.ID),
+				"lowerdir=" + strings.Join(lower, ":"),
+			},
+		}}
+	}
 	rw := "rw"
 	if s.Kind == snapshots.KindView {
 		rw = "ro"
@@ -77,7 +112,7 @@ func (o *Snapshotter) mounts(s storage.Snapshot) []mount.Mount {
 	switch {
 	case len(s.ParentIDs) == 0:
 		source = o.upperPath(s.ID)
-	case !needsOverlay(s):
+	case !needsOverlay(s, info):
 		source = o.upperPath(s.ParentIDs[0])
 	}
 	return []mount.Mount{{
@@ -88,8 +123,8 @@ func (o *Snapshotter) mounts(s storage.Snapshot) []mount.Mount {
 }
 
 // mountOverlay mounts the FUSE overlay of s at its merged directory.
-func (o *Snapshotter) mountOverlay(ctx context.Context, s storage.Snapshot) error {
-	if !needsOverlay(s) {
+func (o *Snapshotter) mountOverlay(ctx context.Context, s storage.Snapshot, info snapshots.Info) error {
+	if !needsOverlay(s, info) {
 		return nil
 	}
 	layers := overlayfuse.Layers{Lower: make([]string, len(s.ParentIDs))}

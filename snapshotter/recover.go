@@ -21,12 +21,16 @@ import (
 // remountActive mounts again every snapshot that needs an overlay: after
 // a restart, the earlier process's mounts died with it.
 func (o *Snapshotter) remountActive(ctx context.Context) error {
-	var active []storage.Snapshot
+	type activeSnapshot struct {
+		s    storage.Snapshot
+		info snapshots.Info
+	}
+	var active []activeSnapshot
 	if err := o.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
-		var keys []string
+		var infos []snapshots.Info
 		if err := storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
 			if info.Kind != snapshots.KindCommitted {
-				keys = append(keys, info.Name)
+				infos = append(infos, info)
 			}
 			return nil
 		}); err != nil {
@@ -35,13 +39,13 @@ func (o *Snapshotter) remountActive(ctx context.Context) error {
 			}
 			return err
 		}
-		for _, key := range keys {
-			s, err := storage.GetSnapshot(ctx, key)
+		for _, info := range infos {
+			s, err := storage.GetSnapshot(ctx, info.Name)
 			if err != nil {
-				return fmt.Errorf("snapshot %q: %w", key, err)
+				return fmt.Errorf("snapshot %q: %w", info.Name, err)
 			}
-			if needsOverlay(s) {
-				active = append(active, s)
+			if needsOverlay(s, info) {
+				active = append(active, activeSnapshot{s, info})
 			}
 		}
 		return nil
@@ -50,11 +54,11 @@ func (o *Snapshotter) remountActive(ctx context.Context) error {
 	}
 
 	mounted := 0
-	for _, s := range active {
+	for _, a := range active {
 		// A snapshot that cannot be mounted now is retried by Mounts;
 		// it must not keep the others from being served.
-		if err := o.mountOverlay(ctx, s); err != nil {
-			log.G(ctx).WithError(err).WithField("id", s.ID).Error("cannot mount snapshot again")
+		if err := o.mountOverlay(ctx, a.s, a.info); err != nil {
+			log.G(ctx).WithError(err).WithField("id", a.s.ID).Error("cannot mount snapshot again")
 			continue
 		}
 		mounted++
