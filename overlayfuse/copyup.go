@@ -50,8 +50,11 @@ func (n *node) copyUpLocked() syscall.Errno {
 	}
 	src := n.lowers[0]
 	n.mu.Unlock()
-
-	up, errno := n.ofs.copyUpObject(src, parent.upperDirFd(), name)
+	srcDir := parent.layerDirFd(src.layer)
+	if srcDir < 0 {
+		return syscall.ESTALE
+	}
+	up, errno := n.ofs.copyUpObject(src, entryXpath(srcDir, name), parent.upperDirFd(), name)
 	if errno != 0 {
 		return errno
 	}
@@ -137,8 +140,8 @@ func (n *node) linkUpLocked(parent *node, name string) syscall.Errno {
 // copyUpObject copies the lower object src to name in the upper directory
 // dstDir: it is built in the work dir, with data, owner, mode, xattrs and
 // times, then renamed into place, so a crash never shows half a copy. It
-// returns a ref of the new object.
-func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (realRef, syscall.Errno) {
+// returns a ref of the new object. srcX names the source for its xattrs.
+func (ofs *overlayFS) copyUpObject(srcRef realRef, srcX xpath, dstDir int, name string) (realRef, syscall.Errno) {
 	src, done, err := srcRef.pathFd()
 	if err != nil {
 		return noRef, toErrno(err)
@@ -150,7 +153,7 @@ func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (rea
 	}
 	tmp := ofs.tmpName()
 	work := ofs.workFd
-	if errno := ofs.buildCopy(src, &st, tmp); errno != 0 {
+	if errno := ofs.buildCopy(src, srcX, &st, tmp); errno != 0 {
 		_ = removeAt(work, tmp, st.Mode&unix.S_IFMT == unix.S_IFDIR)
 		return noRef, errno
 	}
@@ -180,7 +183,7 @@ func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (rea
 }
 
 // buildCopy makes tmp in the work dir a copy of src.
-func (ofs *overlayFS) buildCopy(src int, st *unix.Stat_t, tmp string) syscall.Errno {
+func (ofs *overlayFS) buildCopy(src int, srcX xpath, st *unix.Stat_t, tmp string) syscall.Errno {
 	work := ofs.workFd
 	mode := st.Mode & unix.S_IFMT
 	switch mode {
@@ -228,43 +231,34 @@ func (ofs *overlayFS) buildCopy(src int, st *unix.Stat_t, tmp string) syscall.Er
 			return toErrno(err)
 		}
 	}
-	if errno := copyXattrs(src, work, tmp); errno != 0 {
+	if errno := copyXattrs(srcX, entryXpath(work, tmp)); errno != 0 {
 		return errno
 	}
 	ts := []unix.Timespec{st.Atim, st.Mtim}
 	return toErrno(unix.UtimesNanoAt(work, tmp, ts, unix.AT_SYMLINK_NOFOLLOW))
 }
 
-// copyXattrs copies every attribute of src but the private ones to name in
-// dirfd.
-func copyXattrs(src, dirfd int, name string) syscall.Errno {
-	names, err := listxattrAll(src)
+// copyXattrs copies every attribute of src but the private ones to dst.
+func copyXattrs(src, dst xpath) syscall.Errno {
+	names, err := src.listAll()
 	if err != nil {
 		if err == unix.ENOTSUP {
 			return 0
 		}
 		return toErrno(err)
 	}
-	if len(names) == 0 {
-		return 0
-	}
-	dst, err := openPath(dirfd, name)
-	if err != nil {
-		return toErrno(err)
-	}
-	defer unix.Close(dst)
 	for _, attr := range names {
 		if isPrivateXattr(attr) {
 			continue
 		}
-		val, err := getxattrAll(src, attr)
+		val, err := src.getAll(attr)
 		if err == unix.ENODATA {
 			continue
 		}
 		if err != nil {
 			return toErrno(err)
 		}
-		if err := fsetxattr(dst, attr, val, 0); err != nil && err != unix.ENOTSUP {
+		if err := dst.set(attr, val, 0); err != nil && err != unix.ENOTSUP {
 			return toErrno(err)
 		}
 	}

@@ -412,3 +412,35 @@ func TestTmpfile(t *testing.T) {
 		t.Errorf("d lists %q", got)
 	}
 }
+
+// TestSymlinkXattrs: a symlink's xattrs show through the mount, survive
+// its copy-up, and can be set on it.
+func TestSymlinkXattrs(t *testing.T) {
+	lowers, upper, work := newLayers(t, 1)
+	l := filepath.Join(lowers[0], "d/link")
+	must(t, os.MkdirAll(filepath.Dir(l), 0o755))
+	must(t, os.Symlink("target", l))
+	must(t, unix.Lsetxattr(l, "trusted.mark", []byte("lower"), 0))
+	m := mountLayers(t, lowers, upper, work, Options{})
+	buf := make([]byte, 64)
+	n, err := unix.Lgetxattr(m.path("d/link"), "trusted.mark", buf)
+	if err != nil || string(buf[:n]) != "lower" {
+		t.Fatalf("lgetxattr through the mount: %q %v", buf[:n], err)
+	}
+	n, err = unix.Llistxattr(m.path("d/link"), buf)
+	if err != nil || !strings.Contains(string(buf[:n]), "trusted.mark") {
+		t.Errorf("llistxattr: %q %v", buf[:n], err)
+	}
+	must(t, unix.Lchown(m.path("d/link"), 1000, 1000)) // copies up
+	n, err = unix.Lgetxattr(filepath.Join(upper, "d/link"), "trusted.mark", buf)
+	if err != nil || string(buf[:n]) != "lower" {
+		t.Errorf("upper copy's xattr: %q %v", buf[:n], err)
+	}
+	must(t, unix.Lsetxattr(m.path("d/link"), "trusted.new", []byte("v"), 0))
+	if _, err := unix.Lgetxattr(filepath.Join(upper, "d/link"), "trusted.new", buf); err != nil {
+		t.Errorf("xattr set through the mount: %v", err)
+	}
+	if tgt, _ := os.Readlink(m.path("d/link")); tgt != "target" {
+		t.Errorf("readlink: %q", tgt)
+	}
+}

@@ -58,52 +58,64 @@ func lstatAt(dirfd int, name string, st *unix.Stat_t) error {
 	return unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
 }
 
-// The xattr calls name an O_PATH fd through /proc: the *xattrat calls of
-// Linux 6.13 refuse O_PATH fds. A symlink cannot be named that way (the
-// walk fails with ELOOP), so symlinks show no xattrs.
+// xpath names an object for the xattr calls, which take no O_PATH fd (the
+// *xattrat calls of Linux 6.13 refuse them): an fd through /proc, or an
+// entry of a directory fd, which the l* calls do not follow. A symlink can
+// only be named the second way: its /proc name is a link to follow.
+type xpath struct {
+	p    string
+	link bool
+}
 
-func xattrErr(err error) error {
-	if err == unix.ELOOP {
-		return unix.ENOTSUP
+func fdXpath(fd int) xpath { return xpath{p: fdPath(fd)} }
+
+func entryXpath(dirfd int, name string) xpath {
+	return xpath{p: fdPath(dirfd) + "/" + name, link: true}
+}
+
+func (x xpath) get(attr string, dest []byte) (int, error) {
+	if x.link {
+		return unix.Lgetxattr(x.p, attr, dest)
 	}
-	return err
+	return unix.Getxattr(x.p, attr, dest)
+}
+
+func (x xpath) set(attr string, data []byte, flags int) error {
+	if x.link {
+		return unix.Lsetxattr(x.p, attr, data, flags)
+	}
+	return unix.Setxattr(x.p, attr, data, flags)
+}
+
+func (x xpath) list(dest []byte) (int, error) {
+	if x.link {
+		return unix.Llistxattr(x.p, dest)
+	}
+	return unix.Listxattr(x.p, dest)
+}
+
+func (x xpath) remove(attr string) error {
+	if x.link {
+		return unix.Lremovexattr(x.p, attr)
+	}
+	return unix.Removexattr(x.p, attr)
 }
 
 func fgetxattr(fd int, attr string, dest []byte) (int, error) {
-	n, err := unix.Getxattr(fdPath(fd), attr, dest)
-	if err == unix.ELOOP {
-		return 0, unix.ENODATA
-	}
-	return n, err
+	return fdXpath(fd).get(attr, dest)
 }
 
 func fsetxattr(fd int, attr string, data []byte, flags int) error {
-	return xattrErr(unix.Setxattr(fdPath(fd), attr, data, flags))
-}
-
-func flistxattr(fd int, dest []byte) (int, error) {
-	n, err := unix.Listxattr(fdPath(fd), dest)
-	if err == unix.ELOOP {
-		return 0, nil
-	}
-	return n, err
-}
-
-func fremovexattr(fd int, attr string) error {
-	err := unix.Removexattr(fdPath(fd), attr)
-	if err == unix.ELOOP {
-		return unix.ENODATA
-	}
-	return err
+	return fdXpath(fd).set(attr, data, flags)
 }
 
 // getxattrAll reads a whole attribute value, growing the buffer as needed.
-func getxattrAll(fd int, attr string) ([]byte, error) {
+func (x xpath) getAll(attr string) ([]byte, error) {
 	buf := make([]byte, 256)
 	for {
-		n, err := fgetxattr(fd, attr, buf)
+		n, err := x.get(attr, buf)
 		if err == unix.ERANGE {
-			sz, err := fgetxattr(fd, attr, nil)
+			sz, err := x.get(attr, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -117,13 +129,13 @@ func getxattrAll(fd int, attr string) ([]byte, error) {
 	}
 }
 
-// listxattrAll lists every attribute name of fd.
-func listxattrAll(fd int) ([]string, error) {
+// listAll lists every attribute name.
+func (x xpath) listAll() ([]string, error) {
 	buf := make([]byte, 1024)
 	for {
-		n, err := flistxattr(fd, buf)
+		n, err := x.list(buf)
 		if err == unix.ERANGE {
-			sz, err := flistxattr(fd, nil)
+			sz, err := x.list(nil)
 			if err != nil {
 				return nil, err
 			}

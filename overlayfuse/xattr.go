@@ -40,11 +40,11 @@ func (n *node) xattrNames() ([]string, syscall.Errno) {
 	}
 	r := n.realLocked()
 	n.mu.Unlock()
-	fd, done, err := r.pathFd()
+	x, done, err := n.xattrTarget(r)
 	if err != nil {
 		return nil, toErrno(err)
 	}
-	names, err := listxattrAll(fd)
+	names, err := x.listAll()
 	done()
 	if err == unix.ENOTSUP {
 		names, err = nil, nil
@@ -82,12 +82,12 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 		}
 		return 0, syscall.ENODATA
 	}
-	fd, done, err := n.real().pathFd()
+	x, done, err := n.xattrTarget(n.real())
 	if err != nil {
 		return 0, toErrno(err)
 	}
 	defer done()
-	sz, err := fgetxattr(fd, attr, dest)
+	sz, err := x.get(attr, dest)
 	return uint32(sz), toErrno(err)
 }
 
@@ -126,12 +126,12 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 		return errno
 	}
 	defer n.forgetXattrs()
-	fd, done, err := n.upperRef().pathFd()
+	x, done, err := n.xattrTarget(n.upperRef())
 	if err != nil {
 		return toErrno(err)
 	}
 	defer done()
-	return toErrno(fsetxattr(fd, attr, data, int(flags)))
+	return toErrno(x.set(attr, data, int(flags)))
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
@@ -150,10 +150,43 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 		return errno
 	}
 	defer n.forgetXattrs()
-	fd, done, err := n.upperRef().pathFd()
+	x, done, err := n.xattrTarget(n.upperRef())
 	if err != nil {
 		return toErrno(err)
 	}
 	defer done()
-	return toErrno(fremovexattr(fd, attr))
+	return toErrno(x.remove(attr))
+}
+
+// xattrTarget names r, a real object of n, for the xattr calls: through
+// an fd, or a symlink through its entry in its directory of r's layer.
+func (n *node) xattrTarget(r realRef) (xpath, func(), error) {
+	if n.StableAttr().Mode != syscall.S_IFLNK {
+		fd, done, err := r.pathFd()
+		return fdXpath(fd), done, err
+	}
+	name, parent := n.parentNode()
+	if parent == nil {
+		return xpath{}, nil, syscall.ESTALE
+	}
+	dirfd := parent.layerDirFd(r.layer)
+	if dirfd < 0 {
+		return xpath{}, nil, syscall.ESTALE
+	}
+	return entryXpath(dirfd, name), func() {}, nil
+}
+
+// layerDirFd is directory n's fd in layer l, -1 if l has no part of it.
+func (n *node) layerDirFd(l *layer) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.upper.valid() && n.upper.layer == l {
+		return n.upper.fd
+	}
+	for _, r := range n.lowers {
+		if r.layer == l {
+			return r.fd
+		}
+	}
+	return -1
 }
