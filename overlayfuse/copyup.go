@@ -153,7 +153,7 @@ func (ofs *overlayFS) copyUpObject(srcRef realRef, srcX xpath, dstDir int, name 
 	}
 	tmp := ofs.tmpName()
 	work := ofs.workFd
-	if errno := ofs.buildCopy(src, srcX, &st, tmp); errno != 0 {
+	if errno := ofs.buildCopy(src, srcX, originOf(srcRef), &st, tmp); errno != 0 {
 		_ = removeAt(work, tmp, st.Mode&unix.S_IFMT == unix.S_IFDIR)
 		return noRef, errno
 	}
@@ -183,7 +183,7 @@ func (ofs *overlayFS) copyUpObject(srcRef realRef, srcX xpath, dstDir int, name 
 }
 
 // buildCopy makes tmp in the work dir a copy of src.
-func (ofs *overlayFS) buildCopy(src int, srcX xpath, st *unix.Stat_t, tmp string) syscall.Errno {
+func (ofs *overlayFS) buildCopy(src int, srcX xpath, origin []byte, st *unix.Stat_t, tmp string) syscall.Errno {
 	work := ofs.workFd
 	mode := st.Mode & unix.S_IFMT
 	switch mode {
@@ -233,6 +233,11 @@ func (ofs *overlayFS) buildCopy(src int, srcX xpath, st *unix.Stat_t, tmp string
 	}
 	if errno := copyXattrs(srcX, entryXpath(work, tmp)); errno != 0 {
 		return errno
+	}
+	if origin != nil {
+		// Best effort, as in the kernel: without it st_ino changes at the
+		// next lookup after the kernel forgets the inode.
+		_ = entryXpath(work, tmp).set(originXattr, origin, 0)
 	}
 	ts := []unix.Timespec{st.Atim, st.Mtim}
 	return toErrno(unix.UtimesNanoAt(work, tmp, ts, unix.AT_SYMLINK_NOFOLLOW))

@@ -13,6 +13,8 @@ type layer struct {
 	fd    int
 	dev   uint64
 	upper bool
+	// uuid of the filesystem, for origin xattrs (origin.go); nil if unknown.
+	uuid []byte
 }
 
 func openLayer(path string, upper bool) (*layer, error) {
@@ -32,7 +34,7 @@ func openLayer(path string, upper bool) (*layer, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("stat layer %s: %w", path, err)
 	}
-	return &layer{path: path, fd: fd, dev: uint64(st.Dev), upper: upper}, nil
+	return &layer{path: path, fd: fd, dev: uint64(st.Dev), upper: upper, uuid: fsUUID(fd)}, nil
 }
 
 func (l *layer) close() {

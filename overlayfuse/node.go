@@ -341,7 +341,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 func (ofs *overlayFS) nodeFor(ctx context.Context, parent *node, name string, e *entry) (n *node, fresh bool, errno syscall.Errno) {
 	var ino uint64
 	if e.upper.valid() {
-		ino = ofs.alias(ofs.ino(e.st.Dev, e.st.Ino))
+		ino = ofs.upperIno(parent.upperDirFd(), name, &e.st)
 	} else {
 		ino = ofs.ino(e.lowerSt.Dev, e.lowerSt.Ino)
 	}

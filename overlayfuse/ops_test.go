@@ -2,6 +2,7 @@ package overlayfuse
 
 import (
 	"bytes"
+	"github.com/overlayfuse/overlayfuse/internal/testutil"
 	"os"
 	"path/filepath"
 	"sort"
@@ -442,5 +443,53 @@ func TestSymlinkXattrs(t *testing.T) {
 	}
 	if tgt, _ := os.Readlink(m.path("d/link")); tgt != "target" {
 		t.Errorf("readlink: %q", tgt)
+	}
+}
+
+// TestInoStableAcrossCopyUp: a copied-up file keeps its lower inode
+// number through the kernel forgetting it, a new mount, and a kernel
+// overlayfs mount of the same layers: the copy records its origin as the
+// kernel does.
+func TestInoStableAcrossCopyUp(t *testing.T) {
+	lowers, upper, work := newLayers(t, 1)
+	writeFile(t, filepath.Join(lowers[0], "d/f"), "f", 0o644)
+	var lst unix.Stat_t
+	must(t, unix.Stat(filepath.Join(lowers[0], "d/f"), &lst))
+
+	m := mountLayers(t, lowers, upper, work, Options{})
+	must(t, os.Chmod(m.path("d/f"), 0o600)) // copies up
+	ino := func(p string) uint64 {
+		var st unix.Stat_t
+		must(t, unix.Stat(p, &st))
+		return st.Ino
+	}
+	if got := ino(m.path("d/f")); got != lst.Ino {
+		t.Errorf("after copy-up: st_ino %d, lower %d", got, lst.Ino)
+	}
+	m.unmount(t)
+
+	m2 := mountLayers(t, lowers, upper, work, Options{})
+	if got := ino(m2.path("d/f")); got != lst.Ino {
+		t.Errorf("in a new mount: st_ino %d, lower %d", got, lst.Ino)
+	}
+	ents, err := os.ReadDir(m2.path("d"))
+	must(t, err)
+	for _, e := range ents {
+		info, _ := e.Info()
+		if st, ok := info.Sys().(*syscall.Stat_t); ok && e.Name() == "f" && st.Ino != lst.Ino {
+			t.Errorf("readdir+stat: st_ino %d", st.Ino)
+		}
+	}
+	m2.unmount(t)
+
+	testutil.RequireKernelOverlay(t)
+	kdir := filepath.Join(t.TempDir(), "k")
+	must(t, os.Mkdir(kdir, 0o755))
+	must(t, os.RemoveAll(work))
+	must(t, os.Mkdir(work, 0o755))
+	must(t, unix.Mount("overlay", kdir, "overlay", 0, "lowerdir="+lowers[0]+",upperdir="+upper+",workdir="+work))
+	t.Cleanup(func() { _ = unix.Unmount(kdir, unix.MNT_DETACH) })
+	if got := ino(filepath.Join(kdir, "d/f")); got != lst.Ino {
+		t.Errorf("kernel overlayfs shows st_ino %d, lower %d", got, lst.Ino)
 	}
 }

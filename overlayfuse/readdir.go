@@ -101,7 +101,9 @@ func (ofs *overlayFS) listMerged(upper realRef, lowers []realRef) ([]fuse.DirEnt
 				}
 				ino := ofs.ino(s.layer.dev, d.ino)
 				if i == 0 && s.layer.upper {
-					ino = ofs.alias(ino)
+					var st unix.Stat_t
+					st.Dev, st.Ino = s.layer.dev, d.ino
+					ino = ofs.upperIno(dfd, d.name, &st)
 				}
 				out = append(out, fuse.DirEntry{Name: d.name, Mode: dtToMode[typ], Ino: ino})
 			}
