@@ -1,13 +1,12 @@
 package overlayfuse
 
 import (
-	"bufio"
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
+
+	"github.com/overlayfuse/overlayfuse/internal/testutil"
 
 	"golang.org/x/sys/unix"
 )
@@ -80,18 +79,5 @@ func readAll(t *testing.T, p string) {
 
 // cachedBytes is Cached from /proc/meminfo.
 func cachedBytes(t *testing.T) int64 {
-	f, err := os.Open("/proc/meminfo")
-	must(t, err)
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) >= 2 && fields[0] == "Cached:" {
-			kb, err := strconv.ParseInt(fields[1], 10, 64)
-			must(t, err)
-			return kb << 10
-		}
-	}
-	t.Fatal("no Cached in /proc/meminfo")
-	return 0
+	return testutil.ProcKiB(t, "/proc/meminfo", "Cached") << 10
 }

@@ -3,15 +3,14 @@
 package snapshotter
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
-	"strings"
 	"testing"
+
+	"github.com/overlayfuse/overlayfuse/internal/testutil"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"golang.org/x/sys/unix"
@@ -99,21 +98,5 @@ func BenchmarkRSS100Active(b *testing.B) {
 // vmRSSKiB reads the resident set size of a process from /proc.
 func vmRSSKiB(b testing.TB, pid string) int64 {
 	b.Helper()
-	f, err := os.Open(filepath.Join("/proc", pid, "status"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return n
-		}
-	}
-	b.Fatal("no VmRSS in status")
-	return 0
+	return testutil.ProcKiB(b, filepath.Join("/proc", pid, "status"), "VmRSS")
 }

@@ -6,6 +6,8 @@ package testutil
 import (
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -61,4 +63,25 @@ func containsWord(s, w string) bool {
 		}
 	}
 	return false
+}
+
+// ProcKiB reads a "Field: N kB" line of a /proc file, such as VmRSS of
+// /proc/PID/status or Cached of /proc/meminfo, in KiB.
+func ProcKiB(t testing.TB, file, field string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				t.Fatalf("%s %s: %v", file, field, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no %s in %s", field, file)
+	return 0
 }
