@@ -144,6 +144,7 @@ func (n *node) newChild(ctx context.Context, name string, out *fuse.EntryOut) (*
 	if errno != 0 {
 		return nil, errno
 	}
+	e.created = true
 	st := e.st
 	child, fresh, errno := n.ofs.nodeFor(ctx, n, name, &e)
 	if errno != 0 {

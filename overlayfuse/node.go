@@ -207,6 +207,8 @@ type entry struct {
 	// whiteout: the upper (or a lower) layer deletes the name;
 	// upperWhiteout: the upper one does.
 	whiteout, upperWhiteout bool
+	// created: made just now through the mount, so no copy of anything.
+	created bool
 }
 
 func (e *entry) exists() bool { return e.upper.valid() || len(e.lowers) > 0 }
@@ -340,9 +342,12 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 // kernel still knows), otherwise a fresh one that takes e's fds.
 func (ofs *overlayFS) nodeFor(ctx context.Context, parent *node, name string, e *entry) (n *node, fresh bool, errno syscall.Errno) {
 	var ino uint64
-	if e.upper.valid() {
+	switch {
+	case e.created:
+		ino = ofs.ino(e.st.Dev, e.st.Ino)
+	case e.upper.valid():
 		ino = ofs.upperIno(parent.upperDirFd(), name, &e.st)
-	} else {
+	default:
 		ino = ofs.ino(e.lowerSt.Dev, e.lowerSt.Ino)
 	}
 	mode := e.st.Mode & unix.S_IFMT

@@ -20,7 +20,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
-	up, done, err := n.upperRef().pathFd()
+	up, done, err := n.setattrFd(f)
 	if err != nil {
 		return toErrno(err)
 	}
@@ -98,4 +98,20 @@ func (n *node) truncate(f fs.FileHandle, size int64) syscall.Errno {
 	}
 	defer unix.Close(fd)
 	return toErrno(unix.Ftruncate(fd, size))
+}
+
+// setattrFd is an fd of the upper object for the changes: the open
+// handle's (tar's fchown, fchmod and futimens) when it is the upper file,
+// otherwise an O_PATH fd opened for them. The handle's fd number stays
+// valid: the kernel releases no handle with a request on it in flight.
+func (n *node) setattrFd(f fs.FileHandle) (int, func(), error) {
+	if fh, ok := f.(*file); ok {
+		fh.mu.RLock()
+		fd, upper := fh.fd, fh.upper
+		fh.mu.RUnlock()
+		if upper && fd >= 0 {
+			return fd, func() {}, nil
+		}
+	}
+	return n.upperRef().pathFd()
 }
