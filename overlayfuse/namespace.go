@@ -135,16 +135,17 @@ func (n *node) makeNew(ctx context.Context, name string, mode uint32, out *fuse.
 			return nil, errno
 		}
 	}
-	return n.newChild(ctx, name, out)
+	return n.newChild(ctx, name, true, out)
 }
 
-// newChild looks up a name just made in the upper directory.
-func (n *node) newChild(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+// newChild looks up a name just made in the upper directory; created: for
+// a new object, not a link of an existing one.
+func (n *node) newChild(ctx context.Context, name string, created bool, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	e, errno := n.resolve(name)
 	if errno != 0 {
 		return nil, errno
 	}
-	e.created = true
+	e.created = created
 	st := e.st
 	child, fresh, errno := n.ofs.nodeFor(ctx, n, name, &e)
 	if errno != 0 {
@@ -226,7 +227,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 			return nil, errno
 		}
 	}
-	return n.newChild(ctx, name, out)
+	return n.newChild(ctx, name, false, out)
 }
 
 // lowerPositive reports whether a lower layer of n shows name, so that
