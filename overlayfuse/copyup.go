@@ -66,16 +66,12 @@ func (n *node) copyUpLocked() syscall.Errno {
 // setUpper records a fresh upper object of n. A non-directory stops
 // looking at its lower object; a directory keeps merging its lowers.
 func (n *node) setUpper(up realRef) {
-	var st unix.Stat_t
-	if up.stat(&st) == nil {
-		n.ofs.setAlias(n.ofs.ino(st.Dev, st.Ino), n.StableAttr().Ino)
-	}
+	n.fds.add(up)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.upper = up
 	n.xattrs, n.xattrsKnown = nil, false
 	if !n.isDir() {
-		n.retired = append(n.retired, n.lowers...)
 		n.lowers = nil
 		if n.lowerNlink > 0 {
 			n.lowerMoved++

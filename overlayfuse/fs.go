@@ -39,9 +39,6 @@ type overlayFS struct {
 	fsIndex map[uint64]uint64
 
 	mu sync.Mutex
-	// inoAlias maps the inode number of a copied-up upper file to the
-	// number of the lower file it came from, so st_ino stays stable.
-	inoAlias map[uint64]uint64
 	// nodes are the live nodes by inode number: the lookup of a lower
 	// hard link whose other name was copied up finds the copied node.
 	nodes map[uint64]*node
@@ -68,12 +65,11 @@ func newOverlayFS(layers Layers, opts Options) (*overlayFS, error) {
 		return nil, errors.New("upperdir and workdir go together")
 	}
 	ofs := &overlayFS{
-		opts:     opts,
-		workFd:   -1,
-		fsIndex:  map[uint64]uint64{},
-		inoAlias: map[uint64]uint64{},
-		nodes:    map[uint64]*node{},
-		gens:     map[uint64]uint64{},
+		opts:    opts,
+		workFd:  -1,
+		fsIndex: map[uint64]uint64{},
+		nodes:   map[uint64]*node{},
+		gens:    map[uint64]uint64{},
 	}
 	fail := func(err error) (*overlayFS, error) {
 		ofs.close()
@@ -207,7 +203,7 @@ func (ofs *overlayFS) newRoot() (*node, error) {
 	if err := fstat(top.fd, &st); err != nil {
 		return nil, fmt.Errorf("stat %s: %w", top.path, err)
 	}
-	n := &node{ofs: ofs, upper: noRef}
+	n := ofs.newNode(noRef, nil)
 	var layers []*layer
 	if ofs.upper != nil {
 		layers = append(layers, ofs.upper)
@@ -216,14 +212,16 @@ func (ofs *overlayFS) newRoot() (*node, error) {
 	for _, l := range layers {
 		fd, err := openBeneath(l.fd, ".", unix.O_PATH|unix.O_DIRECTORY)
 		if err != nil {
-			n.closeFds()
+			n.fds.closeAll()
 			return nil, fmt.Errorf("open %s: %w", l.path, err)
 		}
+		r := realRef{layer: l, fd: fd}
+		n.fds.add(r)
 		if l.upper {
-			n.upper = realRef{layer: l, fd: fd}
+			n.upper = r
 			continue
 		}
-		n.lowers = append(n.lowers, realRef{layer: l, fd: fd})
+		n.lowers = append(n.lowers, r)
 		if opaque, _ := isOpaque(fd); opaque {
 			break
 		}
@@ -282,24 +280,6 @@ func (ofs *overlayFS) liveNode(ino uint64) *node {
 	ofs.mu.Lock()
 	defer ofs.mu.Unlock()
 	return ofs.nodes[ino]
-}
-
-func (ofs *overlayFS) alias(ino uint64) uint64 {
-	ofs.mu.Lock()
-	defer ofs.mu.Unlock()
-	if a, ok := ofs.inoAlias[ino]; ok {
-		return a
-	}
-	return ino
-}
-
-func (ofs *overlayFS) setAlias(upperIno, ino uint64) {
-	if upperIno == ino {
-		return
-	}
-	ofs.mu.Lock()
-	ofs.inoAlias[upperIno] = ino
-	ofs.mu.Unlock()
 }
 
 // raiseFileLimit lifts RLIMIT_NOFILE to its hard limit: every node holds

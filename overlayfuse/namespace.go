@@ -370,7 +370,8 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		unix.Close(fd)
 		return nil, nil, 0, toErrno(err)
 	}
-	child := &node{ofs: n.ofs, upper: realRef{layer: n.ofs.upper, fd: -1, fh: fh}, bornUpper: true}
+	child := n.ofs.newNode(realRef{layer: n.ofs.upper, fd: -1, fh: fh}, nil)
+	child.bornUpper = true
 	ino := n.ofs.ino(st.Dev, st.Ino)
 	ch := n.NewInode(ctx, child, fs.StableAttr{Mode: unix.S_IFREG, Ino: ino, Gen: 1})
 	child.fillAttr(&st, &out.Attr)

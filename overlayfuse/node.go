@@ -23,9 +23,8 @@ type node struct {
 	// first, ending at an opaque one; for anything else the one lower
 	// object it shows until copy-up.
 	lowers []realRef
-	// retired refs are no longer used but may still be read by a request
-	// in flight; they are closed when the kernel forgets the node.
-	retired []realRef
+	// fds holds every fd the node ever opened, for its cleanup.
+	fds *fdList
 
 	// Hard links of a lower file: lowerNlink names exist below, and
 	// lowerMoved of them have been linked up or deleted.
@@ -103,23 +102,13 @@ func (n *node) hasUpper() bool {
 
 func (n *node) isDir() bool { return n.StableAttr().Mode&syscall.S_IFMT == syscall.S_IFDIR }
 
-func (n *node) closeFds() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.upper.close()
-	for i := range n.lowers {
-		n.lowers[i].close()
-	}
-	n.lowers = nil
-	for i := range n.retired {
-		n.retired[i].close()
-	}
-	n.retired = nil
-}
-
+// OnForget takes the node out of lookups. Its fds are not closed here:
+// go-fuse may still hand the node back to the kernel for a lookup that
+// found it just before (fs.NodeOnForgetter); they close once the node is
+// garbage (see fdList).
 func (n *node) OnForget() {
 	n.ofs.unregister(n)
-	n.closeFds()
+	collectSoon()
 }
 
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -371,7 +360,8 @@ func (ofs *overlayFS) nodeFor(ctx context.Context, parent *node, name string, e 
 		gen = old.StableAttr().Gen + 1
 		ofs.gens[ino] = gen
 	}
-	n = &node{ofs: ofs, upper: e.upper, lowers: e.lowers, bornUpper: e.upper.valid()}
+	n = ofs.newNode(e.upper, e.lowers)
+	n.bornUpper = e.upper.valid()
 	if mode != unix.S_IFDIR && len(e.lowers) > 0 && e.lowerSt.Nlink > 1 && n.lowerNlink == 0 {
 		n.lowerNlink = uint32(e.lowerSt.Nlink)
 		if e.upper.valid() {
@@ -388,9 +378,6 @@ func (ofs *overlayFS) nodeFor(ctx context.Context, parent *node, name string, e 
 	}
 	if mode != unix.S_IFDIR && e.upper.valid() {
 		// The upper object hides any lower one for good.
-		for i := range n.lowers {
-			n.lowers[i].close()
-		}
 		n.lowers = nil
 	}
 	ofs.nodes[ino] = n

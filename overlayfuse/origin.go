@@ -88,18 +88,12 @@ func (ofs *overlayFS) originIno(v []byte) (uint64, bool) {
 // upperIno is the overlay inode number of an upper object found as name
 // in dirfd: the lower one it was copied from, if it says so.
 func (ofs *overlayFS) upperIno(dirfd int, name string, st *unix.Stat_t) uint64 {
-	ino := ofs.alias(ofs.ino(st.Dev, st.Ino))
-	if ino != ofs.ino(st.Dev, st.Ino) {
-		return ino
-	}
 	var buf [ovlFbHdrLen + 128]byte
 	n, err := entryXpath(dirfd, name).get(originXattr, buf[:])
-	if err != nil {
-		return ino
+	if err == nil {
+		if o, ok := ofs.originIno(buf[:n]); ok {
+			return o
+		}
 	}
-	if o, ok := ofs.originIno(buf[:n]); ok {
-		ofs.setAlias(ino, o)
-		return o
-	}
-	return ino
+	return ofs.ino(st.Dev, st.Ino)
 }

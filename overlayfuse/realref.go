@@ -94,15 +94,3 @@ func (r *realRef) close() {
 	}
 	*r = noRef
 }
-
-// dup returns a ref of the same object that the caller must close.
-func (r realRef) dup() realRef {
-	if r.fd >= 0 {
-		fd, err := unix.FcntlInt(uintptr(r.fd), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			return noRef
-		}
-		r.fd = fd
-	}
-	return r
-}

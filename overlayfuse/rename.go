@@ -284,6 +284,5 @@ func (n *node) adoptUpperTree() {
 func (n *node) dropLowers() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.retired = append(n.retired, n.lowers...)
 	n.lowers = nil
 }

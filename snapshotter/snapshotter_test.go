@@ -21,7 +21,11 @@ import (
 func TestSnapshotterSuite(t *testing.T) {
 	testutil.RequireFUSE(t)
 	testsuite.SnapshotterSuite(t, "overlayfuse", func(ctx context.Context, root string) (snapshots.Snapshotter, func() error, error) {
-		s, err := NewSnapshotter(root)
+		var opts []Opt
+		if os.Getenv("OFDEBUG") != "" {
+			opts = append(opts, WithFUSEDebug)
+		}
+		s, err := NewSnapshotter(root, opts...)
 		if err != nil {
 			return nil, nil, err
 		}
