@@ -200,6 +200,12 @@ func (ofs *overlayFS) buildCopy(src int, srcX xpath, origin []byte, st *unix.Sta
 		if err := copyData(in, out, st.Size); err != nil {
 			return toErrno(err)
 		}
+		// As kernel overlayfs (fsync=auto): the data is on disk before the
+		// rename makes the copy visible, so a crash shows the lower file or
+		// the whole copy, never a part.
+		if err := unix.Fdatasync(out); err != nil {
+			return toErrno(err)
+		}
 	case unix.S_IFDIR:
 		if err := unix.Mkdirat(work, tmp, 0o700); err != nil {
 			return toErrno(err)
