@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -65,9 +66,17 @@ const unpackLabel = "containerd.io/snapshot.ref"
 // applier writes into the upperdir of a lone overlay mount without
 // mounting it (core/diff/apply), so an unpack needs no FUSE mount: the
 // layer lands on disk in overlayfs' format, which is ours, at disk speed.
+// The transfer service's unpacker labels its snapshots; the client's
+// (ctr images mount, nerdctl load) only names them "extract-… <chainID>",
+// behind the namespace's "<ns>/<n>/" in our keys.
 func isUnpack(s storage.Snapshot, info snapshots.Info) bool {
-	_, ok := info.Labels[unpackLabel]
-	return ok && s.Kind == snapshots.KindActive && len(s.ParentIDs) > 0
+	if s.Kind != snapshots.KindActive || len(s.ParentIDs) == 0 {
+		return false
+	}
+	if _, ok := info.Labels[unpackLabel]; ok {
+		return true
+	}
+	return strings.HasPrefix(path.Base(info.Name), snapshots.UnpackKeyPrefix+"-")
 }
 
 // needsOverlay reports whether s is served by a FUSE overlay. A snapshot

@@ -27,7 +27,11 @@ func TestUnpackWithoutFUSE(t *testing.T) {
 	s, root := newTestSnapshotter(t)
 	commitLayer(ctx, t, s, "base", "", map[string]string{"keep": "k", "gone": "g"})
 
-	key := "extract-1 sha256:layer2"
+	// The client-side unpacker's key carries no label, only its name.
+	if m, err := s.Prepare(ctx, "testing/7/extract-123 sha256:other", "base"); err != nil || m[0].Type != "overlay" {
+		t.Fatalf("unlabelled extract- key: %+v %v", m, err)
+	}
+	key := "unpack-1 sha256:layer2"
 	m, err := s.Prepare(ctx, key, "base", snapshots.WithLabels(map[string]string{unpackLabel: "sha256:layer2"}))
 	if err != nil {
 		t.Fatal(err)
@@ -43,6 +47,9 @@ func TestUnpackWithoutFUSE(t *testing.T) {
 		if isFUSEMount(t, dir) {
 			t.Errorf("%s is a FUSE mount during the unpack", dir)
 		}
+	}
+	if m, err := s.Prepare(ctx, "testing/8/extracted", "base"); err != nil || m[0].Type != "bind" {
+		t.Fatalf("a key that only starts like one: %+v %v", m, err)
 	}
 
 	// A layer that adds a file and deletes one, as an image tar says it.
