@@ -1,0 +1,33 @@
+package main
+
+import (
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// raiseFileLimit lifts RLIMIT_NOFILE as far as allowed. The server keeps
+// open files for the nodes the kernel holds, and a big tree (find over
+// 50,000 files) needs far more than a login's default of 1024 or so. Root
+// may raise the hard limit up to fs.nr_open; others get their hard limit.
+// Go raises only the soft limit, and only to the hard one.
+func raiseFileLimit() {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && n > lim.Max {
+			want := unix.Rlimit{Cur: n, Max: n}
+			if unix.Setrlimit(unix.RLIMIT_NOFILE, &want) == nil {
+				return
+			}
+		}
+	}
+	if lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		_ = unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	}
+}
