@@ -1,0 +1,180 @@
+// Command ofbench times image import/unpack and container start through the
+// overlayfuse proxy snapshotter against containerd's built-in overlayfs
+// snapshotter, in one private containerd, and prints the ratios.
+//
+//	ofbench -bin integration/.cache/bin -daemon bin/containerd-overlay-grpc \
+//	        -image integration/.cache/images/large.tar
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/overlayfuse/overlayfuse/integration/harness"
+	"github.com/overlayfuse/overlayfuse/integration/image"
+)
+
+func main() {
+	bin := flag.String("bin", "integration/.cache/bin", "directory with containerd, ctr, shim")
+	daemon := flag.String("daemon", "", "containerd-overlay-grpc binary (empty: overlayfs only)")
+	config := flag.String("config", "", "containerd config example (empty: built-in)")
+	tarPath := flag.String("image", "integration/.cache/images/large.tar", "large image tar")
+	n := flag.Int("n", 5, "repetitions of each measure (starts: 2n)")
+	flag.Parse()
+
+	sns := []string{"overlayfs"}
+	if *daemon != "" {
+		sns = append(sns, "overlayfuse")
+	}
+	e, err := harness.New(harness.Options{BinDir: *bin, Daemon: *daemon, ConfigExa: *config})
+	if err != nil {
+		fail(err)
+	}
+	// Tear down on ^C too: never leave containerd or mounts behind.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sig
+		e.Close()
+		os.Exit(130)
+	}()
+	err = run(e, sns, *tarPath, *n)
+	if cerr := e.Close(); cerr != nil && err == nil {
+		err = cerr
+	}
+	if err != nil {
+		fail(err)
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "ofbench:", err)
+	os.Exit(1)
+}
+
+type measure struct {
+	name string
+	run  func(e *harness.Env, sn string) (time.Duration, error)
+}
+
+func run(e *harness.Env, sns []string, tarPath string, n int) error {
+	if err := e.Start(); err != nil {
+		return fmt.Errorf("%w\n%s", err, e.Logs(40))
+	}
+	seq := 0
+	timed := func(f func() error) (time.Duration, error) {
+		t0 := time.Now()
+		err := f()
+		return time.Since(t0), err
+	}
+	// Each import starts from an empty store: remove the image, then wait
+	// for the snapshotters' background cleanup, so that no timed run pays
+	// for deleting the previous run's 20,000 files.
+	clean := func() {
+		_, _ = e.Ctr("images", "rm", "--sync", image.LargeName)
+		for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			busy := false
+			for _, sn := range sns {
+				if ents, _ := os.ReadDir(e.SnapshotsDir(sn)); len(ents) > 0 {
+					busy = true
+				}
+			}
+			if !busy {
+				return
+			}
+		}
+	}
+	measures := []measure{
+		{"import (content + unpack)", func(e *harness.Env, sn string) (time.Duration, error) {
+			clean()
+			return timed(func() error {
+				_, err := e.Ctr("images", "import", "--snapshotter", sn, tarPath)
+				return err
+			})
+		}},
+		// ctr 2.x has no "images unpack": "images mount" unpacks (client
+		// side, the diff service's applier), prepares and mounts.
+		{"unpack+mount (ctr images mount)", func(e *harness.Env, sn string) (time.Duration, error) {
+			clean()
+			if _, err := e.Ctr("images", "import", "--no-unpack", tarPath); err != nil {
+				return 0, err
+			}
+			seq++
+			target := filepath.Join(e.Dir, fmt.Sprintf("mnt%d", seq))
+			if err := os.Mkdir(target, 0o755); err != nil {
+				return 0, err
+			}
+			d, err := timed(func() error {
+				_, err := e.Ctr("images", "mount", "--snapshotter", sn, image.LargeName, target)
+				return err
+			})
+			if _, uerr := e.Ctr("images", "unmount", "--snapshotter", sn, "--rm", target); uerr != nil && err == nil {
+				err = uerr
+			}
+			return d, err
+		}},
+		{"start (ctr run --rm true)", func(e *harness.Env, sn string) (time.Duration, error) {
+			seq++
+			return timed(func() error {
+				_, err := e.Ctr("run", "--rm", "--snapshotter", sn, image.LargeName, fmt.Sprintf("b%d", seq), "true")
+				return err
+			})
+		}},
+		{"find+cat 20k files in container", func(e *harness.Env, sn string) (time.Duration, error) {
+			seq++
+			return timed(func() error {
+				_, err := e.Ctr("run", "--rm", "--snapshotter", sn, image.LargeName, fmt.Sprintf("b%d", seq),
+					"sh", "-c", "find /many -type f | wc -l && cat /many/*/* | wc -c")
+				return err
+			})
+		}},
+	}
+	fmt.Printf("ofbench: %s, %d runs each (median), snapshotters %v\n", tarPath, n, sns)
+	fmt.Printf("%-34s %12s %12s %8s\n", "measure", "overlayfs", "overlayfuse", "ratio")
+	for _, m := range measures {
+		reps := n
+		if strings.HasPrefix(m.name, "start") {
+			reps = 2 * n
+		}
+		res := map[string][]time.Duration{}
+		for _, sn := range sns {
+			// Make sure the image is unpacked for the run measures.
+			if _, err := e.Ctr("images", "import", "--snapshotter", sn, tarPath); err != nil {
+				return err
+			}
+		}
+		for i := 0; i < reps; i++ {
+			for _, sn := range sns { // alternate, so drift hits both alike
+				d, err := m.run(e, sn)
+				if err != nil {
+					return fmt.Errorf("%s on %s: %w\n%s", m.name, sn, err, e.Logs(40))
+				}
+				res[sn] = append(res[sn], d)
+			}
+		}
+		base := median(res["overlayfs"])
+		line := fmt.Sprintf("%-34s %10.1fms", m.name, ms(base))
+		if d, ok := res["overlayfuse"]; ok {
+			of := median(d)
+			line += fmt.Sprintf(" %10.1fms %7.2fx", ms(of), float64(of)/float64(base))
+		}
+		fmt.Println(line)
+	}
+	fmt.Println("target: overlayfuse within 1.5x of overlayfs")
+	return nil
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
