@@ -49,6 +49,10 @@ type overlayFS struct {
 	// passthrough: the kernel takes backing files on this mount.
 	passthrough bool
 
+	// whName is the shared whiteout in the work dir (whiteout.go).
+	whMu   sync.Mutex
+	whName string
+
 	// copyMu serializes copy-ups: parents first, each exactly once.
 	copyMu sync.Mutex
 	tmpSeq atomic.Uint64

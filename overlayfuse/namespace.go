@@ -256,7 +256,7 @@ func (n *node) removeEntry(ctx context.Context, name string, e *entry, dir bool)
 	pfd := n.upperDirFd()
 	lower := n.lowerPositive(name)
 	if !e.upper.valid() {
-		return toErrno(mkWhiteout(pfd, name))
+		return toErrno(n.ofs.whiteout(pfd, name))
 	}
 	if !lower {
 		flag := 0
@@ -269,12 +269,15 @@ func (n *node) removeEntry(ctx context.Context, name string, e *entry, dir bool)
 		}
 		// An upper directory that only holds whiteouts.
 	}
-	tmp := n.ofs.tmpName()
-	flags := uint(0)
+	var tmp string
+	var err error
 	if lower {
-		flags = unix.RENAME_WHITEOUT
+		tmp, err = n.ofs.swapForWhiteout(pfd, name)
+	} else {
+		tmp = n.ofs.tmpName()
+		err = unix.Renameat2(pfd, name, n.ofs.workFd, tmp, 0)
 	}
-	if err := unix.Renameat2(pfd, name, n.ofs.workFd, tmp, flags); err != nil {
+	if err != nil {
 		return toErrno(err)
 	}
 	_ = removeAt(n.ofs.workFd, tmp, dir)

@@ -37,6 +37,48 @@ func mkWhiteout(dirfd int, name string) error {
 	return unix.Mknodat(dirfd, name, unix.S_IFCHR, 0)
 }
 
+// whiteout makes a whiteout at name in dirfd, which must be free: a hard
+// link of the mount's shared whiteout in the work dir, as kernel overlayfs
+// does, since a new device inode for every deleted name costs many times
+// a link (rm -rf of a lower tree is all whiteouts).
+func (ofs *overlayFS) whiteout(dirfd int, name string) error {
+	ofs.whMu.Lock()
+	defer ofs.whMu.Unlock()
+	for range 2 {
+		if ofs.whName == "" {
+			tmp := ofs.tmpName()
+			if err := mkWhiteout(ofs.workFd, tmp); err != nil {
+				return err
+			}
+			ofs.whName = tmp
+		}
+		err := unix.Linkat(ofs.workFd, ofs.whName, dirfd, name, 0)
+		switch err {
+		case nil:
+			return nil
+		case unix.EMLINK, unix.ENOENT:
+			ofs.whName = "" // full, or gone: make another
+		default:
+			return mkWhiteout(dirfd, name)
+		}
+	}
+	return mkWhiteout(dirfd, name)
+}
+
+// swapForWhiteout puts a whiteout in place of name in dirfd, atomically,
+// and returns the name in the work dir the old entry went to.
+func (ofs *overlayFS) swapForWhiteout(dirfd int, name string) (string, error) {
+	tmp := ofs.tmpName()
+	if err := ofs.whiteout(ofs.workFd, tmp); err != nil {
+		return "", err
+	}
+	if err := unix.Renameat2(ofs.workFd, tmp, dirfd, name, unix.RENAME_EXCHANGE); err != nil {
+		_ = unix.Unlinkat(ofs.workFd, tmp, 0)
+		return "", err
+	}
+	return tmp, nil
+}
+
 // removeChildren removes everything below directory fd, never following a
 // symlink.
 func removeChildren(fd int) error {
