@@ -194,11 +194,12 @@ func (ofs *overlayFS) fsOptions() *fs.Options {
 }
 
 func (ofs *overlayFS) mountOptions() []string {
-	o := []string{"default_permissions"}
+	o := []string{"default_permissions", "suid", "dev"}
 	if ofs.readOnly() {
 		o = append(o, "ro")
 	}
-	return o
+	// go-fuse applies the flags in order: the caller's come last and win.
+	return append(o, ofs.opts.MountFlags...)
 }
 
 func (ofs *overlayFS) newRoot() (*node, error) {

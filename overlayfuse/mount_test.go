@@ -64,3 +64,33 @@ func TestSmoke(t *testing.T) {
 		t.Errorf("d/new mode %o", st.Mode&0o777)
 	}
 }
+
+// TestMountFlags: the overlay mounts suid and dev, as kernel overlayfs
+// does (a container's setuid programs must work), unless told otherwise.
+func TestMountFlags(t *testing.T) {
+	flagsOf := func(dir string) string {
+		b, err := os.ReadFile("/proc/self/mountinfo")
+		must(t, err)
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) > 5 && f[4] == dir {
+				return f[5]
+			}
+		}
+		t.Fatalf("%s not in mountinfo", dir)
+		return ""
+	}
+	lowers, upper, work := newLayers(t, 1)
+	m := mountLayers(t, lowers, upper, work, Options{})
+	if fl := flagsOf(m.dir); strings.Contains(fl, "nosuid") || strings.Contains(fl, "nodev") {
+		t.Errorf("default mount flags %s", fl)
+	}
+	lowers2, upper2, work2 := newLayers(t, 1)
+	m2 := mountLayers(t, lowers2, upper2, work2, Options{MountFlags: []string{"nosuid", "noexec"}})
+	if fl := flagsOf(m2.dir); !strings.Contains(fl, "nosuid") || !strings.Contains(fl, "noexec") {
+		t.Errorf("asked nosuid,noexec, got %s", fl)
+	}
+	if _, err := Mount(t.TempDir(), Layers{Lower: lowers}, Options{MountFlags: []string{"nosymfollow"}}); err == nil {
+		t.Errorf("unknown mount flag accepted")
+	}
+}

@@ -56,6 +56,10 @@ type Options struct {
 	Debug bool
 	// Logger receives diagnostics; nil means the standard logger.
 	Logger *log.Logger
+	// MountFlags are mount flags by name: nosuid, nodev, noexec (or suid,
+	// dev, exec). The overlay mounts suid and dev, as kernel overlayfs
+	// does: a container's setuid programs and device nodes must work.
+	MountFlags []string
 }
 
 func (o *Options) setDefaults() error {
@@ -72,6 +76,13 @@ func (o *Options) setDefaults() error {
 	case ConsistencyDefault, ConsistencyStrict:
 	default:
 		return fmt.Errorf("consistency=%q: want default or strict", o.Consistency)
+	}
+	for _, f := range o.MountFlags {
+		switch f {
+		case "suid", "nosuid", "dev", "nodev", "exec", "noexec":
+		default:
+			return fmt.Errorf("mount flag %q: want [no]suid, [no]dev or [no]exec", f)
+		}
 	}
 	if o.FsName == "" {
 		o.FsName = "overlayfuse"

@@ -20,9 +20,8 @@ type config struct {
 	Foreground bool
 	Help       bool
 	Version    bool
-	// Ignored lists accepted options that change nothing here (mount
-	// flags the library does not take yet, fuse-overlayfs tuning hints),
-	// so -d can say so.
+	// Ignored lists accepted options that change nothing here (atime
+	// flags, fuse-overlayfs tuning hints), so -d can say so.
 	Ignored []string
 }
 
@@ -102,10 +101,10 @@ func parseArgs(args []string) (*config, error) {
 // fuse-overlayfs users pass. They are accepted so that the command is a
 // drop-in; the value tells what we do with it.
 var genericOptions = map[string]string{
-	// Mount flags. go-fuse mounts nosuid,nodev; the library does not take
-	// other flags yet. mount.fuse3 adds "dev,suid" itself when run by root.
-	"dev": "ignored", "nodev": "default", "suid": "ignored", "nosuid": "default",
-	"exec": "default", "noexec": "ignored",
+	// Mount flags: [no]suid, [no]dev and [no]exec are passed on (flag);
+	// the overlay mounts suid,dev,exec unless told otherwise.
+	"dev": "flag", "nodev": "flag", "suid": "flag", "nosuid": "flag",
+	"exec": "flag", "noexec": "flag",
 	"atime": "default", "noatime": "ignored", "relatime": "ignored", "norelatime": "default",
 	"strictatime": "ignored", "nostrictatime": "default", "diratime": "default",
 	"nodiratime": "ignored", "lazytime": "ignored", "nolazytime": "default",
@@ -222,8 +221,11 @@ func (c *config) applyOption(kv string) error {
 		return nil
 	}
 	if what, ok := genericOptions[key]; ok {
-		if what == "ignored" {
+		switch what {
+		case "ignored":
 			c.Ignored = append(c.Ignored, kv)
+		case "flag":
+			c.Opts.MountFlags = append(c.Opts.MountFlags, key)
 		}
 		return nil
 	}

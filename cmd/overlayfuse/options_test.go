@@ -21,9 +21,10 @@ func TestParseArgs(t *testing.T) {
 		want: config{Mountpoint: "/m", Layers: overlayfuse.Layers{Lower: []string{"/a", "/b"}, Upper: "/u", Work: "/w"}},
 	}, {
 		name: "mount.fuse3 order with source and generic options",
-		args: []string{"overlayfuse", "/m", "-o", "rw,noatime,lowerdir=/a,dev,suid"},
+		args: []string{"overlayfuse", "/m", "-o", "rw,noatime,lowerdir=/a,dev,suid,noexec"},
 		want: config{Mountpoint: "/m", Layers: overlayfuse.Layers{Lower: []string{"/a"}},
-			Ignored: []string{"noatime", "dev", "suid"}},
+			Opts:    overlayfuse.Options{MountFlags: []string{"dev", "suid", "noexec"}},
+			Ignored: []string{"noatime"}},
 	}, {
 		name: "several -o, glued -o, later wins",
 		args: []string{"-o", "lowerdir=/x", "-olowerdir=/a", "-o", "upperdir=/u", "-o", "workdir=/w,ro", "/m"},
