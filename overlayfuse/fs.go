@@ -267,12 +267,6 @@ func (ofs *overlayFS) tmpName() string {
 	return "#" + strconv.FormatUint(ofs.tmpSeq.Add(1), 16)
 }
 
-func (ofs *overlayFS) register(n *node) {
-	ofs.mu.Lock()
-	ofs.nodes[n.StableAttr().Ino] = n
-	ofs.mu.Unlock()
-}
-
 func (ofs *overlayFS) unregister(n *node) {
 	ofs.mu.Lock()
 	if ofs.nodes[n.StableAttr().Ino] == n {
