@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -245,4 +246,16 @@ func CleanStale() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// CloseOnSignal tears e down and exits 130 on SIGINT or SIGTERM, so a
+// command never leaves containerd or mounts behind when interrupted.
+func (e *Env) CloseOnSignal() {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sig
+		e.Close()
+		os.Exit(130)
+	}()
 }

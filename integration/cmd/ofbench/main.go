@@ -10,11 +10,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/overlayfuse/overlayfuse/integration/harness"
@@ -37,14 +35,7 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
-	// Tear down on ^C too: never leave containerd or mounts behind.
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		<-sig
-		e.Close()
-		os.Exit(130)
-	}()
+	e.CloseOnSignal()
 	err = run(e, sns, *tarPath, *n)
 	if cerr := e.Close(); cerr != nil && err == nil {
 		err = cerr

@@ -7,9 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/overlayfuse/overlayfuse/integration/harness"
@@ -27,13 +25,7 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		<-sig
-		e.Close()
-		os.Exit(130)
-	}()
+	e.CloseOnSignal()
 	err = run(e, *tarPath)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s\n", e.Logs(30))
