@@ -426,15 +426,7 @@ func opFdUnlinkWrite(rel string) step {
 		if err := unix.Unlink(join(r, rel)); err != nil {
 			return "unlink", err
 		}
-		if _, err := unix.Pwrite(fd, []byte("W"), 0); err != nil {
-			return "write", err
-		}
-		d, err := preadAll(fd)
-		if err != nil {
-			return "read", err
-		}
-		s, err := fstatShort(fd)
-		return d + " " + s, err
+		return writeReadStat(fd, "W")
 	})
 }
 
@@ -771,15 +763,7 @@ func opConcurrent(name string, steps ...step) step {
 // it back through the fd.
 func opTmpfile(dir string) step {
 	return fdStep("open "+dir+" O_TMPFILE|O_RDWR, write, read, fstat", dir, unix.O_TMPFILE|unix.O_RDWR, func(r string, fd int) (string, error) {
-		if _, err := unix.Pwrite(fd, []byte("tmp"), 0); err != nil {
-			return "write", err
-		}
-		d, err := preadAll(fd)
-		if err != nil {
-			return "read", err
-		}
-		s, err := fstatShort(fd)
-		return d + " " + s, err
+		return writeReadStat(fd, "tmp")
 	})
 }
 
@@ -866,4 +850,18 @@ func opShellAs(uid, gid int, script string) step {
 		}
 		return fmt.Sprintf("exit %d: %q", code, out), nil
 	}}
+}
+
+// writeReadStat writes data at 0 through fd, then reports what reading it
+// back and fstat show.
+func writeReadStat(fd int, data string) (string, error) {
+	if _, err := unix.Pwrite(fd, []byte(data), 0); err != nil {
+		return "write", err
+	}
+	d, err := preadAll(fd)
+	if err != nil {
+		return "read", err
+	}
+	s, err := fstatShort(fd)
+	return d + " " + s, err
 }

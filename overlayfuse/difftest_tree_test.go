@@ -427,18 +427,7 @@ func diffEntries(p string, ref, got *entry, o cmpOpts) []string {
 // diffTrees lists every difference between two trees, one line each, in
 // path order.
 func diffTrees(ref, got tree, o cmpOpts) []string {
-	paths := map[string]bool{}
-	for p := range ref {
-		paths[p] = true
-	}
-	for p := range got {
-		paths[p] = true
-	}
-	var sorted []string
-	for p := range paths {
-		sorted = append(sorted, p)
-	}
-	sort.Strings(sorted)
+	sorted := sortedPaths(ref, got)
 	var out []string
 	for _, p := range sorted {
 		r, g := ref[p], got[p]
@@ -501,18 +490,7 @@ func diffUppers(ref, got, lowerView tree, o cmpOpts) []string {
 	}
 	o.noXattr = xattrOverlayPrefix
 	out := diffTrees(strip(ref), strip(got), o)
-	paths := map[string]bool{}
-	for p := range ref {
-		paths[p] = true
-	}
-	for p := range got {
-		paths[p] = true
-	}
-	var sorted []string
-	for p := range paths {
-		sorted = append(sorted, p)
-	}
-	sort.Strings(sorted)
+	sorted := sortedPaths(ref, got)
 	for _, p := range sorted {
 		if p == "." {
 			continue
@@ -615,4 +593,21 @@ func modelTree(lowers []string) (tree, error) {
 		t[rel] = e
 	}
 	return t, nil
+}
+
+// sortedPaths lists the paths of both trees once, in order.
+func sortedPaths(a, b tree) []string {
+	paths := map[string]bool{}
+	for p := range a {
+		paths[p] = true
+	}
+	for p := range b {
+		paths[p] = true
+	}
+	sorted := make([]string, 0, len(paths))
+	for p := range paths {
+		sorted = append(sorted, p)
+	}
+	sort.Strings(sorted)
+	return sorted
 }
