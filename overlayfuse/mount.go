@@ -44,8 +44,16 @@ func Mount(mountpoint string, layers Layers, opts Options) (*Server, error) {
 		ofs.close()
 		return nil, err
 	}
-	srv, err := fs.Mount(mountpoint, root, ofs.fsOptions())
+	fsOpts := ofs.fsOptions()
+	raw := &rawFS{RawFileSystem: fs.NewNodeFS(root, fsOpts), ofs: ofs}
+	srv, err := fuse.NewServer(raw, mountpoint, &fsOpts.MountOptions)
 	if err != nil {
+		ofs.close()
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		_ = srv.Unmount()
 		ofs.close()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
