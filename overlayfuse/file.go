@@ -29,13 +29,14 @@ type file struct {
 	// passthrough: the kernel may take fd as the node's backing file;
 	// ptLower: and fd is the lower file.
 	passthrough, ptLower bool
+	// owners took locks through this handle (rawfs_locks.go).
+	owners lockOwners
 }
 
 var (
 	_ fs.FileReader         = (*file)(nil)
 	_ fs.FileWriter         = (*file)(nil)
 	_ fs.FileFsyncer        = (*file)(nil)
-	_ fs.FileFlusher        = (*file)(nil)
 	_ fs.FileReleaser       = (*file)(nil)
 	_ fs.FileGetattrer      = (*file)(nil)
 	_ fs.FileAllocater      = (*file)(nil)
@@ -92,7 +93,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
-	return n.newFile(fd, flags, upper, pt), fuse.FOPEN_KEEP_CACHE, 0
+	return n.newFile(fd, flags, upper, pt), n.openFlags(), 0
 }
 
 // readFd is the fd reads go to: for a read-only handle of a lower file
@@ -175,11 +176,8 @@ func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	return toErrno(unix.Fsync(f.fd))
 }
 
-// Flush has nothing to do: writes are not buffered here, and locks are
-// the kernel's. ENOSYS makes the kernel stop sending FLUSH at every close.
-func (f *file) Flush(ctx context.Context) syscall.Errno { return syscall.ENOSYS }
-
 func (f *file) Release(ctx context.Context) syscall.Errno {
+	f.releaseLocks()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.fd < 0 {

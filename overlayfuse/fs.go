@@ -53,6 +53,9 @@ type overlayFS struct {
 	whMu   sync.Mutex
 	whName string
 
+	// locks are the file locks, by inode number (locks.go).
+	locks lockTables
+
 	// copyMu serializes copy-ups: parents first, each exactly once.
 	copyMu sync.Mutex
 	tmpSeq atomic.Uint64
@@ -183,6 +186,9 @@ func (ofs *overlayFS) fsOptions() *fs.Options {
 			// We drop privileges on write ourselves (killpriv.go), so
 			// the kernel need not ask for security.capability first.
 			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
+			// Locks are kept by inode number, so that they hold across
+			// the retire of a node at copy-up (locks.go).
+			EnableLocks: true,
 		},
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
