@@ -296,6 +296,11 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if e.st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		return syscall.EISDIR
 	}
+	if ch := n.GetChild(name); ch != nil && e.upper.valid() {
+		if c, ok := ch.Operations().(*node); ok {
+			c.keepOpenable(n.upperDirFd(), name)
+		}
+	}
 	if errno := n.removeEntry(ctx, name, &e, false); errno != 0 {
 		return errno
 	}

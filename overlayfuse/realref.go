@@ -94,3 +94,29 @@ func (r *realRef) close() {
 	}
 	*r = noRef
 }
+
+// keepOpenable gives node c an O_PATH fd of its upper file before that
+// file loses its last name (dirfd/name, checked to be the same file):
+// the kernel may open c after the name went, as it opens a file looked
+// up before a rename over it, and a file handle of a deleted file opens
+// no more (ESTALE). The fd lives as long as the node.
+func (c *node) keepOpenable(dirfd int, name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.upper.valid() || c.upper.fd >= 0 {
+		return
+	}
+	fd, err := openPath(dirfd, name)
+	if err != nil {
+		return
+	}
+	var st unix.Stat_t
+	fh, _, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+	if err != nil || fstat(fd, &st) != nil || st.Nlink > 1 ||
+		fh.Type() != c.upper.fh.Type() || !bytes.Equal(fh.Bytes(), c.upper.fh.Bytes()) {
+		unix.Close(fd)
+		return
+	}
+	c.upper.fd = fd
+	c.fds.add(c.upper)
+}

@@ -93,6 +93,9 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		return errno
 	}
 	d1, d2 := n.upperDirFd(), p2.upperDirFd()
+	if dstExists && !exchange && !dstDir {
+		dstNode.keepOpenable(d2, newName)
+	}
 	srcLower := n.lowerPositive(name)
 	dstLower := p2.lowerPositive(newName)
 
