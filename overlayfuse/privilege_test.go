@@ -36,7 +36,12 @@ func mountPriv(t *testing.T, kernel bool, opts Options, lowers []string, upper, 
 	t.Helper()
 	must(t, os.Chmod(upper, 0o777))
 	if !kernel {
-		return mountLayers(t, lowers, upper, work, opts).dir
+		// The tests exec files of the mount: the server must not be
+		// this process, whose fork waits for the exec.
+		dir := mountServed(t, lowers, upper, work, opts).dir
+		must(t, os.Chmod(filepath.Dir(dir), 0o755))
+		must(t, os.Chmod(filepath.Dir(filepath.Dir(dir)), 0o755))
+		return dir
 	}
 	testutil.RequireKernelOverlay(t)
 	tmp := t.TempDir()
@@ -214,17 +219,8 @@ func TestReopenMagicLink(t *testing.T) {
 				testutil.RequireRoot(t)
 				lowers, upper, work := newLayers(t, 1)
 				writeFile(t, filepath.Join(lowers[0], "f"), "x\n", 0o644)
-				var dir string
-				cannot := false
-				if mode.kernel {
-					dir = mountPriv(t, true, mode.opts, lowers, upper, work)
-				} else {
-					// map_files maps the file: the server must not be
-					// this process (helpers_test.go).
-					m := mountServed(t, lowers, upper, work, mode.opts)
-					dir = m.dir
-					cannot = mode.name == "default" && passthroughAvailable(t)
-				}
+				dir := mountPriv(t, mode.kernel, mode.opts, lowers, upper, work)
+				cannot := mode.name == "default" && passthroughAvailable(t)
 				fd, err := unix.Open(filepath.Join(dir, "f"), unix.O_RDONLY, 0)
 				must(t, err)
 				defer unix.Close(fd)
@@ -278,4 +274,31 @@ func mapFilesLink(t *testing.T, mem []byte) string {
 	}
 	t.Fatalf("no mapping at %#x", start)
 	return ""
+}
+
+// TestSetidAttrsNotCached: the kernel must ask again for the mode of a
+// set-id file before exec honours it, since a passthrough write drops the
+// bit in the backing file without telling the kernel. The test drops it
+// behind the mount's back, as such a write does.
+func TestSetidAttrsNotCached(t *testing.T) {
+	testutil.RequireRoot(t)
+	idBytes, err := os.ReadFile("/usr/bin/id")
+	must(t, err)
+	lowers, upper, work := newLayers(t, 1)
+	dir := mountPriv(t, false, Options{}, lowers, upper, work)
+	tool := filepath.Join(dir, "tool")
+	must(t, os.WriteFile(tool, idBytes, 0o755))
+	must(t, unix.Chmod(tool, 0o4755))
+	var st unix.Stat_t
+	must(t, unix.Stat(tool, &st))
+	if st.Mode&07777 != 0o4755 {
+		t.Fatalf("mode %o after chmod 4755", st.Mode&07777)
+	}
+	must(t, unix.Chmod(filepath.Join(upper, "tool"), 0o755))
+	cmd := exec.Command(tool, "-u")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.Output()
+	if err != nil || string(out) != "65534\n" {
+		t.Errorf("exec after the bit went: euid %q (%v), want 65534", out, err)
+	}
 }
