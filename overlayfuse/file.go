@@ -29,6 +29,8 @@ type file struct {
 	// passthrough: the kernel may take fd as the node's backing file;
 	// ptLower: and fd is the lower file.
 	passthrough, ptLower bool
+	// counted: the node counts the handle among its opens.
+	counted bool
 	// owners took locks through this handle (rawfs_locks.go).
 	owners lockOwners
 }
@@ -45,20 +47,50 @@ var (
 	_ fs.NodeCopyFileRanger = (*node)(nil)
 )
 
-// newFile makes a handle; passthrough: the kernel may take its fd as the
-// backing file.
-func (n *node) newFile(fd int, flags uint32, upper, passthrough bool) *file {
-	f := &file{n: n, fd: fd, flags: flags, upper: upper, passthrough: passthrough}
-	if passthrough {
-		f.ptLower = !upper
-		n.mu.Lock()
-		n.ptOpens++
-		if f.ptLower {
-			n.ptLowerOpens++
-		}
-		n.mu.Unlock()
+// newFile makes a handle whose open node n has already counted
+// (countOpen); counted: it did.
+func (n *node) newFile(fd int, flags uint32, upper, passthrough, counted bool) *file {
+	return &file{n: n, fd: fd, flags: flags, upper: upper, passthrough: passthrough,
+		ptLower: passthrough && !upper, counted: counted}
+}
+
+// countOpen counts an open of n, with n.mu held: the kernel refuses to
+// mix cached and passthrough opens of one inode (EIO), so the decision
+// and the count must not be split by another open.
+func (n *node) countOpen(pt, ptLower bool, d int) {
+	switch {
+	case !pt:
+		n.cachedOpens += d
+	case ptLower:
+		n.ptLowerOpens += d
+		fallthrough
+	default:
+		n.ptOpens += d
 	}
-	return f
+}
+
+// unpass turns a handle the kernel did not take as passthrough into a
+// cached one.
+func (f *file) unpass() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n.mu.Lock()
+	defer f.n.mu.Unlock()
+	if f.counted {
+		f.n.countOpen(true, f.ptLower, -1)
+		f.n.countOpen(false, false, 1)
+	}
+	f.passthrough, f.ptLower = false, false
+}
+
+// createdFile is the handle of a file just made: its node's first open.
+func (n *node) createdFile(fd int, flags uint32) *file {
+	pt := n.passthroughFor()
+	n.mu.Lock()
+	pt = pt && n.cachedOpens == 0
+	n.countOpen(pt, false, 1)
+	n.mu.Unlock()
+	return n.newFile(fd, flags, true, pt, true)
 }
 
 func isWritable(flags uint32) bool {
@@ -66,9 +98,19 @@ func isWritable(flags uint32) bool {
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	// The kernel opens files itself, with flags 0, for the flag ioctls;
+	// such an open never uses the backing file, and the kernel does not
+	// count it as an open of the inode. Every open(2) carries
+	// O_LARGEFILE on 64 bits.
+	internal := flags == 0
 	if isWritable(flags) {
 		if n.ofs.readOnly() {
 			return nil, 0, syscall.EROFS
+		}
+		if n.hasLowerBacking() {
+			// Only a new node can be opened for writing: no
+			// copy-up for an open that may fail.
+			return nil, 0, n.retireFor(ctx)
 		}
 		// Copy up before the open returns: a writable map then always
 		// maps the upper file.
@@ -76,24 +118,38 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			return nil, 0, errno
 		}
 	}
-	// The kernel opens files itself, with flags 0, for the flag ioctls;
-	// such an open never uses the backing file. Every open(2) carries
-	// O_LARGEFILE on 64 bits.
-	internal := flags == 0
 	pt := !internal && n.passthroughFor()
 	n.mu.Lock()
 	real, upper := n.realLocked(), n.upper.valid()
-	retire := !internal && ((upper && n.ptLowerOpens > 0) || (!pt && n.ptOpens > 0))
-	n.mu.Unlock()
-	if retire {
-		return nil, 0, n.retire()
+	if !internal {
+		// A node with cached opens serves new ones cached.
+		pt = pt && n.cachedOpens == 0
+		if (upper && n.ptLowerOpens > 0) || (!pt && n.ptOpens > 0) {
+			n.mu.Unlock()
+			return nil, 0, n.retireFor(ctx)
+		}
+		n.countOpen(pt, !upper, 1)
 	}
+	n.mu.Unlock()
 	flags &= openFlagsPassed
 	fd, err := real.open(int(flags))
 	if err != nil {
+		if !internal {
+			n.mu.Lock()
+			n.countOpen(pt, !upper, -1)
+			n.mu.Unlock()
+		}
 		return nil, 0, toErrno(err)
 	}
-	return n.newFile(fd, flags, upper, pt), n.openFlags(), 0
+	return n.newFile(fd, flags, upper, pt, !internal), n.openFlags(), 0
+}
+
+// hasLowerBacking: the kernel's backing file of the node is its lower
+// file, so every new open of the node gets that file.
+func (n *node) hasLowerBacking() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.ptLowerOpens > 0
 }
 
 // readFd is the fd reads go to: for a read-only handle of a lower file
@@ -185,12 +241,9 @@ func (f *file) Release(ctx context.Context) syscall.Errno {
 	}
 	err := unix.Close(f.fd)
 	f.fd = -1
-	if f.passthrough {
+	if f.counted {
 		f.n.mu.Lock()
-		f.n.ptOpens--
-		if f.ptLower {
-			f.n.ptLowerOpens--
-		}
+		f.n.countOpen(f.passthrough, f.ptLower, -1)
 		f.n.mu.Unlock()
 	}
 	return toErrno(err)

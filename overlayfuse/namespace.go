@@ -197,7 +197,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, errno
 	}
 	child := ch.Operations().(*node)
-	return ch, child.newFile(fd, flags, true, child.passthroughFor()), child.openFlags(), 0
+	return ch, child.createdFile(fd, flags), child.openFlags(), 0
 }
 
 func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -383,5 +383,5 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	ino := n.ofs.ino(st.Dev, st.Ino)
 	ch := n.NewInode(ctx, child, fs.StableAttr{Mode: unix.S_IFREG, Ino: ino, Gen: 1})
 	child.fillAttr(&st, &out.Attr)
-	return ch, child.newFile(fd, flags, true, child.passthroughFor()), child.openFlags(), 0
+	return ch, child.createdFile(fd, flags), child.openFlags(), 0
 }

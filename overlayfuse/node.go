@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -41,8 +42,10 @@ type node struct {
 	// bornUpper: the node showed an upper file from the start.
 	bornUpper bool
 	// ptOpens counts open handles passed through, ptLowerOpens those of
-	// them whose backing file is the lower one.
-	ptOpens, ptLowerOpens int
+	// them whose backing file is the lower one, cachedOpens the others.
+	ptOpens, ptLowerOpens, cachedOpens int
+	// retiredFor are the threads whose open retired the node.
+	retiredFor map[uint32]struct{}
 	// stale: retired (passthrough.go); lookups make a new node instead.
 	stale bool
 }
@@ -323,6 +326,11 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		}
 	}
 	child.fillAttr(&st, &out.Attr)
+	if isSetid(out.Attr.Mode) {
+		// READDIRPLUS puts the bridge's default over a zero attribute
+		// timeout (rawfs.go): take the shortest it keeps.
+		out.SetAttrTimeout(time.Nanosecond)
+	}
 	return child.EmbeddedInode(), 0
 }
 

@@ -1,6 +1,7 @@
 package overlayfuse
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"syscall"
@@ -107,11 +108,40 @@ func (n *node) retire() syscall.Errno {
 	return syscall.ESTALE
 }
 
+// retireFor retires n for an open by the caller. The kernel retries an
+// open that got ESTALE once, looking the path up again; but an open
+// through a magic link (/proc/PID/fd/N, map_files) comes back to the
+// same retired inode, where it can never succeed: the caller's thread
+// coming back gets ETXTBSY.
+func (n *node) retireFor(ctx context.Context) syscall.Errno {
+	var tid uint32
+	if caller, ok := fuse.FromContext(ctx); ok {
+		tid = caller.Pid
+	}
+	n.mu.Lock()
+	_, again := n.retiredFor[tid]
+	if n.retiredFor == nil {
+		n.retiredFor = map[uint32]struct{}{}
+	}
+	n.retiredFor[tid] = struct{}{}
+	n.mu.Unlock()
+	if again && tid != 0 {
+		return syscall.ETXTBSY
+	}
+	return n.retire()
+}
+
 var _ fs.FilePassthroughFder = (*file)(nil)
 
-// PassthroughFd offers the real file to the kernel as the backing file.
+// PassthroughFd offers the real file to the kernel as the backing file,
+// to be registered with privileges a writer through it lacks
+// (backingcred.go). Without them the handle is served in process.
 func (f *file) PassthroughFd() (int, bool) {
 	if !f.passthrough {
+		return -1, false
+	}
+	if !dropPrivileges() {
+		f.unpass()
 		return -1, false
 	}
 	return f.fd, true
