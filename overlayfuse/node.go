@@ -45,6 +45,8 @@ type node struct {
 	ptOpens, ptLowerOpens int
 	// stale: retired (passthrough.go); lookups make a new node instead.
 	stale bool
+	// cookies: a directory's readdir offsets (readdir.go).
+	cookies dirCookies
 }
 
 type alias struct {
