@@ -65,6 +65,9 @@ func isWritable(flags uint32) bool {
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if errno := n.checkOpen(flags); errno != 0 {
+		return nil, 0, errno
+	}
 	if isWritable(flags) {
 		if n.ofs.readOnly() {
 			return nil, 0, syscall.EROFS
