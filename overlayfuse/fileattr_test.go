@@ -180,7 +180,8 @@ func errName(err error) string {
 
 // flagSide is one mount over its own copy of the flag layer.
 type flagSide struct {
-	merged, upper string
+	merged, upper, work string
+	lowers              []string
 	results       []string
 }
 
@@ -198,7 +199,7 @@ func newFlagSide(t *testing.T, kernel bool) *flagSide {
 	} else {
 		m = mountLayers(t, []string{l}, u, w, Options{}).dir
 	}
-	s := &flagSide{merged: m, upper: u}
+	s := &flagSide{merged: m, upper: u, work: w, lowers: []string{l}}
 	for _, op := range flagOps {
 		s.results = append(s.results, errName(op.do(m)))
 	}
@@ -206,7 +207,7 @@ func newFlagSide(t *testing.T, kernel bool) *flagSide {
 }
 
 func unmountDir(t *testing.T, dir string) {
-	if err := unix.Unmount(dir, 0); err != nil {
+	if err := unix.Unmount(dir, 0); err != nil && err != unix.EINVAL {
 		t.Errorf("unmount %s: %v", dir, err)
 		_ = unix.Unmount(dir, unix.MNT_DETACH)
 	}
@@ -270,6 +271,33 @@ func TestInodeFlags(t *testing.T) {
 		if want, ok := flagOpsWant[op.name]; ok && ours.results[i] != want {
 			t.Errorf("%s: %s, want %s", op.name, ours.results[i], want)
 		}
+	}
+}
+
+// TestInodeFlagsFromUpper mounts an upper dir that kernel overlayfs left
+// with protattr: the flags hold from the first lookup.
+func TestInodeFlagsFromUpper(t *testing.T) {
+	testutil.RequireFUSE(t)
+	kern := newFlagSide(t, true)
+	unmountDir(t, kern.merged)
+	m := mountLayers(t, kern.lowers, kern.upper, kern.work, Options{})
+	for _, c := range []struct {
+		op   flagOp
+		want string
+	}{
+		{openClose("u2", unix.O_WRONLY, "x"), "EPERM"},
+		{openClose("u2", unix.O_WRONLY|unix.O_APPEND, "x"), "ok"},
+		{pathOp("unlink u2", func(p func(string) string) error { return unix.Unlink(p("u2")) }), "EPERM"},
+		{pathOp("create in di", func(p func(string) string) error { return os.WriteFile(p("di/new"), nil, 0o644) }), "EPERM"},
+		{pathOp("chmod i", func(p func(string) string) error { return unix.Chmod(p("i"), 0o600) }), "EPERM"},
+		{pathOp("unlink in da", func(p func(string) string) error { return unix.Unlink(p("da/new")) }), "EPERM"},
+	} {
+		if got := errName(c.op.do(m.dir)); got != c.want {
+			t.Errorf("%s: %s, want %s", c.op.name, got, c.want)
+		}
+	}
+	if fl, err := getFlagsAt(m.path("u3")); err != nil || flagLetters(fl) != "ia" {
+		t.Errorf("lsattr u3: %s %v, want ia", flagLetters(fl), err)
 	}
 }
 
