@@ -182,7 +182,7 @@ func errName(err error) string {
 type flagSide struct {
 	merged, upper, work string
 	lowers              []string
-	results       []string
+	results             []string
 }
 
 func newFlagSide(t *testing.T, kernel bool) *flagSide {
