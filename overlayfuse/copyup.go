@@ -241,6 +241,9 @@ func (ofs *overlayFS) buildCopy(src int, srcX xpath, origin []byte, st *unix.Sta
 		// next lookup after the kernel forgets the inode.
 		_ = entryXpath(work, tmp).set(originXattr, origin, 0)
 	}
+	if errno := ofs.copyFileattr(src, st, tmp); errno != 0 {
+		return errno
+	}
 	ts := []unix.Timespec{st.Atim, st.Mtim}
 	return toErrno(unix.UtimesNanoAt(work, tmp, ts, unix.AT_SYMLINK_NOFOLLOW))
 }

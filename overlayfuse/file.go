@@ -98,6 +98,9 @@ func isWritable(flags uint32) bool {
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if errno := n.checkOpen(flags); errno != 0 {
+		return nil, 0, errno
+	}
 	// The kernel opens files itself, with flags 0, for the flag ioctls;
 	// such an open never uses the backing file, and the kernel does not
 	// count it as an open of the inode. Every open(2) carries

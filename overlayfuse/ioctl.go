@@ -2,10 +2,12 @@ package overlayfuse
 
 import (
 	"context"
+	"encoding/binary"
 	"syscall"
 	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
 
@@ -13,7 +15,8 @@ var _ fs.NodeIoctler = (*node)(nil)
 
 // The inode flag ioctls (lsattr/chattr, xfs_io's chattr). The kernel sends
 // them on a handle it opens itself, read-only: a set copies up first, as
-// kernel overlayfs does, and goes to the upper object.
+// kernel overlayfs does, and goes to the upper object, but for immutable
+// and append-only, which go to protattr (fileattr.go).
 const (
 	fsIocGetflags   = 0x80086601
 	fsIocSetflags   = 0x40086602
@@ -24,29 +27,51 @@ const (
 func (n *node) Ioctl(ctx context.Context, f fs.FileHandle, cmd uint32, arg uint64, input []byte, output []byte) (int32, syscall.Errno) {
 	var set bool
 	var size int
+	// imm and app are the immutable and append-only bits in the first
+	// word of the argument.
+	imm, app := uint32(fsImmutableFl), uint32(fsAppendFl)
 	switch cmd {
 	case fsIocGetflags:
 		size = 4
 	case fsIocSetflags:
 		size, set = 4, true
 	case fsIocFsgetxattr:
-		size = 28
+		size, imm, app = 28, fsxImmutable, fsxAppend
 	case fsIocFssetxattr:
-		size, set = 28, true
+		size, set, imm, app = 28, true, fsxImmutable, fsxAppend
 	default:
 		return 0, syscall.ENOTTY
 	}
 	buf := make([]byte, max(size, 8))
 	r := n.real()
+	var prot uint32
 	if set {
 		if len(input) < size {
 			return 0, syscall.EINVAL
 		}
+		copy(buf, input)
+		// Immutable and append-only go to protattr, not to the upper
+		// inode, and need CAP_LINUX_IMMUTABLE to change.
+		w := binary.NativeEndian.Uint32(buf)
+		if w&imm != 0 {
+			prot |= fsImmutableFl
+		}
+		if w&app != 0 {
+			prot |= fsAppendFl
+		}
+		if prot != n.protFlags() {
+			if c, ok := fuse.FromContext(ctx); !ok || c.Uid != 0 {
+				return 0, syscall.EPERM
+			}
+		}
+		binary.NativeEndian.PutUint32(buf, w&^(imm|app))
 		if errno := n.copyUp(ctx); errno != 0 {
 			return 0, errno
 		}
+		if errno := n.setProtFlags(prot); errno != 0 {
+			return 0, errno
+		}
 		r = n.upperRef()
-		copy(buf, input)
 	} else if len(output) < size {
 		return 0, syscall.EINVAL
 	}
@@ -64,6 +89,17 @@ func (n *node) Ioctl(ctx context.Context, f fs.FileHandle, cmd uint32, arg uint6
 		return 0, e
 	}
 	if !set {
+		if r.layer.upper {
+			w := binary.NativeEndian.Uint32(buf)
+			p := n.protFlags()
+			if p&fsImmutableFl != 0 {
+				w |= imm
+			}
+			if p&fsAppendFl != 0 {
+				w |= app
+			}
+			binary.NativeEndian.PutUint32(buf, w)
+		}
 		copy(output, buf[:size])
 	}
 	return 0, 0

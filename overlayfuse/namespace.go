@@ -44,6 +44,9 @@ func (n *node) prepareNew(ctx context.Context, name string) (ne newEntry, errno 
 	if errno != syscall.ENOENT {
 		return ne, errno
 	}
+	if errno := n.checkNewEntry(); errno != 0 {
+		return ne, errno
+	}
 	if errno := n.copyUp(ctx); errno != 0 {
 		return ne, errno
 	}
@@ -208,6 +211,9 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if n.ofs.readOnly() {
 		return nil, syscall.EROFS
 	}
+	if errno := n.checkLink(t); errno != 0 {
+		return nil, errno
+	}
 	if errno := t.copyUp(ctx); errno != 0 {
 		return nil, errno
 	}
@@ -288,6 +294,9 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if n.ofs.readOnly() {
 		return syscall.EROFS
 	}
+	if errno := n.checkDelete(ctx, name); errno != 0 {
+		return errno
+	}
 	e, errno := n.resolve(name)
 	if errno != 0 {
 		return errno
@@ -320,6 +329,9 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if n.ofs.readOnly() {
 		return syscall.EROFS
 	}
+	if errno := n.checkDelete(ctx, name); errno != 0 {
+		return errno
+	}
 	e, errno := n.resolve(name)
 	if errno != 0 {
 		return errno
@@ -345,6 +357,9 @@ var _ fs.NodeTmpfiler = (*node)(nil)
 func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
 	if n.ofs.readOnly() {
 		return nil, nil, 0, syscall.EROFS
+	}
+	if errno := n.checkNewEntry(); errno != 0 {
+		return nil, nil, 0, errno
 	}
 	if errno := n.copyUp(ctx); errno != 0 {
 		return nil, nil, 0, errno

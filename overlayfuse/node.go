@@ -48,6 +48,10 @@ type node struct {
 	retiredFor map[uint32]struct{}
 	// stale: retired (passthrough.go); lookups make a new node instead.
 	stale bool
+	// prot: the immutable and append-only flags (fileattr.go).
+	prot uint32
+	// cookies: a directory's readdir offsets (readdir.go).
+	cookies dirCookies
 }
 
 type alias struct {
@@ -370,6 +374,9 @@ func (ofs *overlayFS) nodeFor(ctx context.Context, parent *node, name string, e 
 	}
 	n = ofs.newNode(e.upper, e.lowers)
 	n.bornUpper = e.upper.valid()
+	if e.created {
+		n.prot = protKnown // made through the mount: no flags
+	}
 	if mode != unix.S_IFDIR && len(e.lowers) > 0 && e.lowerSt.Nlink > 1 && n.lowerNlink == 0 {
 		n.lowerNlink = uint32(e.lowerSt.Nlink)
 		if e.upper.valid() {

@@ -1,7 +1,9 @@
 package overlayfuse
 
 import (
+	"cmp"
 	"context"
+	"slices"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -131,6 +133,10 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 }
 
 // dirHandle serves one open directory from a listing made at first read.
+// Its entries are ordered by cookie, and each entry's offset is its
+// cookie: with FOPEN_CACHE_DIR the kernel continues a listing cached from
+// one handle's replies with another handle, at an offset the first one
+// gave, so an offset must mean the same place in every handle's listing.
 type dirHandle struct {
 	n       *node
 	mu      sync.Mutex
@@ -149,22 +155,21 @@ func (d *dirHandle) load() syscall.Errno {
 	if d.loaded {
 		return 0
 	}
+	start := d.n.cookies.begin()
 	ents, errno := d.n.mergedEntries()
 	if errno != 0 {
 		return errno
 	}
+	d.n.cookies.number(ents, start)
 	self := d.n.StableAttr().Ino
 	parentIno := self
 	if _, p := d.n.Parent(); p != nil {
 		parentIno = p.StableAttr().Ino
 	}
 	d.entries = append([]fuse.DirEntry{
-		{Name: ".", Mode: syscall.S_IFDIR, Ino: self},
-		{Name: "..", Mode: syscall.S_IFDIR, Ino: parentIno},
+		{Name: ".", Mode: syscall.S_IFDIR, Ino: self, Off: 1},
+		{Name: "..", Mode: syscall.S_IFDIR, Ino: parentIno, Off: 2},
 	}, ents...)
-	for i := range d.entries {
-		d.entries[i].Off = uint64(i + 1)
-	}
 	d.loaded = true
 	return 0
 }
@@ -183,6 +188,9 @@ func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 	return &e, 0
 }
 
+// Seekdir goes to the first entry after cookie off. go-fuse calls it
+// whenever a read asks for another offset than where the handle stands,
+// also on a fresh handle that continues another one's cached listing.
 func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -190,9 +198,77 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 		// rewinddir: list again.
 		d.loaded = false
 		d.entries = nil
+		d.pos = 0
+		return 0
 	}
-	d.pos = int(off)
+	if errno := d.load(); errno != 0 {
+		return errno
+	}
+	d.pos, _ = slices.BinarySearchFunc(d.entries, off+1, func(e fuse.DirEntry, t uint64) int {
+		return cmp.Compare(e.Off, t)
+	})
 	return 0
+}
+
+// firstCookie follows those of "." (1) and ".." (2).
+const firstCookie = 3
+
+// dirCookies gives each name of a directory a cookie, its readdir offset:
+// once, increasing, kept while the name exists. It holds the names of the
+// last listing only.
+type dirCookies struct {
+	mu     sync.Mutex
+	byName map[string]cookie
+	next   uint64
+	seq    uint64 // numbers the listings
+}
+
+type cookie struct {
+	off  uint64
+	seen uint64 // seq of the last listing that held the name
+}
+
+// begin is called before a listing reads the layers: names numbered from
+// here on may be newer than that listing.
+func (c *dirCookies) begin() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return max(c.next, firstCookie)
+}
+
+// number sets each entry's Off to its name's cookie, gives new names new
+// ones, sorts ents by cookie and forgets the names numbered before start
+// that ents no longer holds.
+func (c *dirCookies) number(ents []fuse.DirEntry, start uint64) {
+	c.mu.Lock()
+	if c.byName == nil {
+		c.byName = make(map[string]cookie, len(ents))
+		c.next = firstCookie
+	}
+	c.seq++
+	sorted := true
+	for i := range ents {
+		k, ok := c.byName[ents[i].Name]
+		if !ok {
+			k.off = c.next
+			c.next++
+		}
+		k.seen = c.seq
+		c.byName[ents[i].Name] = k
+		ents[i].Off = k.off
+		sorted = sorted && (i == 0 || ents[i-1].Off < k.off)
+	}
+	if len(c.byName) > len(ents) {
+		for name, k := range c.byName {
+			if k.seen != c.seq && k.off < start {
+				delete(c.byName, name)
+			}
+		}
+	}
+	c.mu.Unlock()
+	if !sorted {
+		slices.SortFunc(ents, func(a, b fuse.DirEntry) int { return cmp.Compare(a.Off, b.Off) })
+	}
 }
 
 func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {

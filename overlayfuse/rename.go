@@ -31,6 +31,9 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		return syscall.ENAMETOOLONG
 	}
 	exchange := flags&unix.RENAME_EXCHANGE != 0
+	if errno := n.checkRename(ctx, name, p2, newName); errno != 0 {
+		return errno
+	}
 
 	src, errno := n.resolve(name)
 	if errno != 0 {

@@ -17,6 +17,9 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if n.ofs.readOnly() {
 		return syscall.EROFS
 	}
+	if errno := n.checkSetattr(in); errno != 0 {
+		return errno
+	}
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}

@@ -122,6 +122,9 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if isPrivateXattr(attr) {
 		return syscall.EOPNOTSUPP
 	}
+	if errno := n.checkChange(); errno != 0 {
+		return errno
+	}
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
@@ -137,6 +140,9 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if isPrivateXattr(attr) {
 		return syscall.EOPNOTSUPP
+	}
+	if errno := n.checkChange(); errno != 0 {
+		return errno
 	}
 	// Removing what is not there must not copy up.
 	names, errno := n.xattrNames()
