@@ -2,7 +2,7 @@
 GO ?= go
 BIN := bin
 
-.PHONY: all build test test-unit test-integration demo bench vet clean
+.PHONY: all build test test-unit test-integration stress-test demo bench vet clean
 
 all: build
 
@@ -17,6 +17,12 @@ test: vet test-unit test-integration
 
 test-unit:
 	$(GO) test -count=1 -timeout 20m ./overlayfuse/... ./snapshotter/... ./cmd/... ./internal/...
+
+# The unit tests STRESS_COUNT times in a row (default 20) while caches are
+# dropped every second and a process burns CPU (root; not part of `test`).
+STRESS_COUNT ?= 20
+stress-test:
+	STRESS_COUNT=$(STRESS_COUNT) GO=$(GO) hack/stress.sh
 
 # Installs runc, busybox-static (apt) and builds containerd/ctr/shim/nerdctl
 # into integration/.cache once, then runs the integration tests as root.

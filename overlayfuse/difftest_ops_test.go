@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -112,6 +113,18 @@ func openFlags(flags int) string {
 // at off unless data is empty, then reads the whole file back through the
 // same fd when it is readable.
 func opOpenWrite(rel string, flags int, mode uint32, off int64, data string) step {
+	return openWrite(rel, flags, mode, off, data, false)
+}
+
+// opOpenWriteHeld is opOpenWrite keeping the fd open until the scenario
+// ends, so the file it wrote stays in use (see opHold).
+func opOpenWriteHeld(rel string, flags int, mode uint32, off int64, data string) step {
+	s := openWrite(rel, flags, mode, off, data, true)
+	s.name += ", kept open"
+	return s
+}
+
+func openWrite(rel string, flags int, mode uint32, off int64, data string, keep bool) step {
 	name := fmt.Sprintf("open %s %s", rel, openFlags(flags))
 	if data != "" {
 		name += fmt.Sprintf(", pwrite %q at %d", data, off)
@@ -121,7 +134,11 @@ func opOpenWrite(rel string, flags int, mode uint32, off int64, data string) ste
 		if err != nil {
 			return "", err
 		}
-		defer unix.Close(fd)
+		if keep {
+			hold(r, fd)
+		} else {
+			defer unix.Close(fd)
+		}
 		if data != "" {
 			if flags&unix.O_APPEND != 0 {
 				_, err = unix.Write(fd, []byte(data))
@@ -138,6 +155,45 @@ func opOpenWrite(rel string, flags int, mode uint32, off int64, data string) ste
 		buf := make([]byte, 1<<16)
 		n, err := unix.Pread(fd, buf, 0)
 		return fmt.Sprintf("reads %q", buf[:max(n, 0)]), err
+	}}
+}
+
+// held are the fds steps keep open until their scenario ends, by root.
+var held struct {
+	sync.Mutex
+	fds map[string][]int
+}
+
+func hold(root string, fd int) {
+	held.Lock()
+	defer held.Unlock()
+	if held.fds == nil {
+		held.fds = map[string][]int{}
+	}
+	held.fds[root] = append(held.fds[root], fd)
+}
+
+// releaseHeld closes the fds the steps kept open under root.
+func releaseHeld(root string) {
+	held.Lock()
+	defer held.Unlock()
+	for _, fd := range held.fds[root] {
+		unix.Close(fd)
+	}
+	delete(held.fds, root)
+}
+
+// opHold keeps rel in use (an O_PATH fd) until the scenario ends: the
+// kernel cannot forget its inode, whatever it drops from its caches, so
+// the overlay keeps what it learnt about the file (its known hard links).
+func opHold(rel string) step {
+	return step{name: "hold " + rel + " open (O_PATH) to the end", do: func(r string) (string, error) {
+		fd, err := unix.Open(join(r, rel), unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return "", err
+		}
+		hold(r, fd)
+		return "", nil
 	}}
 }
 

@@ -507,16 +507,24 @@ var scenarios = []scenario{
 	{
 		// Unlinking one name of a lower hard-linked pair: a plain
 		// filesystem counts the other down to nlink 1. (The kernel
-		// keeps showing the lower file's nlink 2.)
+		// keeps showing the lower file's nlink 2.) overlayfuse counts
+		// the names that go while the file is in use; once the
+		// kernel forgets an unused file, its st_nlink may count
+		// removed lower names again (README). So the file is held
+		// from before the unlink to the end, and so is the node the
+		// write opens (with passthrough it may be a new one).
 		name: "hardlinks-unlink",
 		ref:  refPlain,
 		steps: []step{
+			opHold("hl1"),
 			opUnlink("hl2"),
 			opStat("hl1"),
-			opOpenWrite("hl1", wr|apnd, 0, 0, "more\n"),
+			opOpenWriteHeld("hl1", wr|apnd, 0, 0, "more\n"),
 			opStat("hl1"),
 			opLink("hl1", "hl3"),
 			opStat("hl3"),
+			opSameIno("hl1", "hl3"),
+			opRead("hl3"),
 		},
 	},
 	{

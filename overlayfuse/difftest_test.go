@@ -375,6 +375,8 @@ func runScenario(t *testing.T, sc scenario, opts overlayfuse.Options) {
 	}
 	ref := newSide(t, refKind, canary, build, opts, sc.ro, sc.prepare)
 	sut := newSide(t, sideSUT, canary, build, opts, sc.ro, sc.prepare)
+	// Before the unmounts (cleanups run last first), if a step fails.
+	t.Cleanup(func() { releaseHeld(ref.root); releaseHeld(sut.root) })
 	lowersBefore := rawLowers(t, sut.lowers)
 	// Layers and the plain copy are complete: everything from now on is
 	// a change made by the operations.
@@ -445,6 +447,8 @@ func runScenario(t *testing.T, sc scenario, opts overlayfuse.Options) {
 	sutFinal, sp := snapshot(sut.root, true)
 	report(t, "final tree: "+sut.name+" shows", sp)
 	report(t, fmt.Sprintf("final trees differ (want = %s, got = %s)", ref.name, sut.name), diffTrees(refFinal, sutFinal, mopts))
+	releaseHeld(ref.root)
+	releaseHeld(sut.root)
 
 	if err := sut.unmount(); err != nil {
 		t.Errorf("unmount %s: %v", sut.name, err)

@@ -152,6 +152,9 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(serveEnv); spec != "" {
 		os.Exit(serveChild(spec))
 	}
+	if spec := os.Getenv(workerEnv); spec != "" {
+		os.Exit(concurrencyWorker(spec))
+	}
 	os.Exit(m.Run())
 }
 

@@ -1,7 +1,7 @@
 package overlayfuse
 
 import (
-	"io"
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -29,21 +29,36 @@ func TestPassthroughModes(t *testing.T) {
 }
 
 // TestPassthroughSharesPageCache reads one lower file through two mounts:
-// with passthrough the reads go to the lower file, so the page cache holds
-// its data once.
+// with passthrough every read goes to the lower file, so its data is in
+// the page cache once, as the lower file's own pages, and the FUSE files
+// of both mounts cache nothing.
+//
+// It measures the page cache of those files alone (cachestat(2)), chunk by
+// chunk right after each read, so other processes' I/O cannot disturb it.
+// A concurrent drop_caches can only take pages away: a chunk of the lower
+// file found missing right after a read is read again (a bounded number of
+// times), while pages found in a FUSE file's own cache fail the test at
+// once, as no drop can put them there.
 func TestPassthroughSharesPageCache(t *testing.T) {
-	const size = 128 << 20
+	const (
+		size    = 128 << 20
+		chunk   = 1 << 20
+		retries = 10
+	)
+	pages := int64(chunk / os.Getpagesize())
 	lowers, upper, work := newLayers(t, 1)
-	f, err := os.Create(filepath.Join(lowers[0], "big"))
+	lowerPath := filepath.Join(lowers[0], "big")
+	f, err := os.Create(lowerPath)
 	must(t, err)
-	chunk := make([]byte, 1<<20)
-	for i := range chunk {
-		chunk[i] = byte(i * 7)
+	data := make([]byte, chunk)
+	for i := range data {
+		data[i] = byte(i * 7)
 	}
-	for i := 0; i < size/len(chunk); i++ {
-		_, err := f.Write(chunk)
+	for i := 0; i < size/chunk; i++ {
+		_, err := f.Write(data)
 		must(t, err)
 	}
+	must(t, f.Sync())
 	must(t, f.Close())
 	a := mountLayers(t, lowers, upper, work, Options{})
 	if !a.srv.PassthroughActive() {
@@ -52,32 +67,62 @@ func TestPassthroughSharesPageCache(t *testing.T) {
 	_, upper2, work2 := newLayers(t, 0)
 	b := mountLayers(t, lowers, upper2, work2, Options{})
 
-	unix.Sync()
-	must(t, os.WriteFile("/proc/sys/vm/drop_caches", []byte("1"), 0))
-	c0 := cachedBytes(t)
-	readAll(t, a.path("big"))
-	c1 := cachedBytes(t)
-	readAll(t, b.path("big"))
-	c2 := cachedBytes(t)
-	t.Logf("page cache: +%d MiB after mount A, +%d MiB after mount B", (c1-c0)>>20, (c2-c1)>>20)
-	if c1-c0 < size/2 {
-		t.Fatalf("reading through mount A cached only %d MiB", (c1-c0)>>20)
-	}
-	if c2-c1 > size/4 {
-		t.Errorf("reading the same file through mount B cached %d MiB more", (c2-c1)>>20)
-	}
-}
-
-func readAll(t *testing.T, p string) {
-	f, err := os.Open(p)
+	// The lower file, opened on the host: its own page cache.
+	lower, err := os.Open(lowerPath)
 	must(t, err)
-	defer f.Close()
-	if _, err := io.Copy(io.Discard, f); err != nil {
-		t.Fatal(err)
+	defer lower.Close()
+	must(t, unix.Fadvise(int(lower.Fd()), 0, 0, unix.FADV_DONTNEED))
+	if n := cached(t, lower, 0, 0); n != 0 {
+		t.Fatalf("%d pages of the lower file stay cached after FADV_DONTNEED", n)
 	}
+	fa, err := os.Open(a.path("big"))
+	must(t, err)
+	defer fa.Close()
+	fb, err := os.Open(b.path("big"))
+	must(t, err)
+	defer fb.Close()
+
+	buf := make([]byte, chunk)
+	// read reads chunk i through f, checks the data, then that the FUSE
+	// file f cached none of it and that the lower file holds all of it,
+	// and reports the number of reads that took.
+	read := func(f *os.File, mount string, i int) int {
+		off := int64(i) * chunk
+		for try := 1; ; try++ {
+			n, err := f.ReadAt(buf, off)
+			if err != nil || n != chunk {
+				t.Fatalf("read of %d bytes at %d through mount %s: %d, %v", chunk, off, mount, n, err)
+			}
+			if !bytes.Equal(buf, data) {
+				t.Fatalf("mount %s: wrong data at %d", mount, off)
+			}
+			if n := cached(t, f, off, chunk); n != 0 {
+				t.Fatalf("reading at %d through mount %s cached %d pages in the FUSE file: not passed through to the lower file", off, mount, n)
+			}
+			if n := cached(t, lower, off, chunk); n == pages {
+				return try
+			} else if try == retries {
+				t.Fatalf("reading at %d through mount %s: %d of %d pages in the lower file's page cache, %d times in a row", off, mount, n, pages, retries)
+			}
+		}
+	}
+	extra := 0
+	for i := 0; i < size/chunk; i++ {
+		extra += read(fa, "A", i) - 1
+	}
+	for i := 0; i < size/chunk; i++ {
+		extra += read(fb, "B", i) - 1
+	}
+	t.Logf("%d MiB read through two mounts, cached only in the lower file (%d chunks read again after a cache drop)", size>>20, extra)
 }
 
-// cachedBytes is Cached from /proc/meminfo.
-func cachedBytes(t *testing.T) int64 {
-	return testutil.ProcKiB(t, "/proc/meminfo", "Cached") << 10
+// cached is the number of pages of [off, off+length) of f in f's own page
+// cache.
+func cached(t *testing.T, f *os.File, off, length int64) int64 {
+	t.Helper()
+	n, err := testutil.CachedPages(int(f.Fd()), off, length)
+	if err != nil {
+		t.Fatalf("cachestat %s: %v", f.Name(), err)
+	}
+	return n
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -66,7 +67,7 @@ func containsWord(s, w string) bool {
 }
 
 // ProcKiB reads a "Field: N kB" line of a /proc file, such as VmRSS of
-// /proc/PID/status or Cached of /proc/meminfo, in KiB.
+// /proc/PID/status, in KiB.
 func ProcKiB(t testing.TB, file, field string) int64 {
 	t.Helper()
 	b, err := os.ReadFile(file)
@@ -84,4 +85,20 @@ func ProcKiB(t testing.TB, file, field string) int64 {
 	}
 	t.Fatalf("no %s in %s", field, file)
 	return 0
+}
+
+// CachedPages is how many pages of [off, off+length) of the open file fd
+// are in its own page cache (cachestat(2), Linux 6.5+; length 0 means to
+// the end of the file). It counts the cache of that one file, whatever
+// else the machine does.
+func CachedPages(fd int, off, length int64) (int64, error) {
+	rng := struct{ Off, Len uint64 }{uint64(off), uint64(length)}
+	var cs struct {
+		Cache, Dirty, Writeback, Evicted, RecentlyEvicted uint64
+	}
+	_, _, e := unix.Syscall6(unix.SYS_CACHESTAT, uintptr(fd), uintptr(unsafe.Pointer(&rng)), uintptr(unsafe.Pointer(&cs)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int64(cs.Cache), nil
 }
