@@ -37,6 +37,16 @@ func (ofs *overlayFS) newNode(upper realRef, lowers []realRef) *node {
 	return n
 }
 
+// dropFds closes the node's cached directory fds (realRef.dropFd).
+func (n *node) dropFds() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.upper.dropFd()
+	for _, r := range n.lowers {
+		r.dropFd()
+	}
+}
+
 func (l *fdList) add(r realRef) {
 	if r.fd < 0 {
 		return

@@ -1,0 +1,123 @@
+package overlayfuse
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// mountServedNoFile is mountServed with the server's RLIMIT_NOFILE at
+// nofile, soft and hard.
+func mountServedNoFile(t *testing.T, lowers []string, upper, work string, opts Options, nofile uint64) *testMount {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "merged")
+	must(t, os.Mkdir(dir, 0o755))
+	mountInChild(t, serveSpec{Dir: dir, Layers: Layers{Lower: lowers, Upper: upper, Work: work}, Opts: opts, NoFile: nofile})
+	return &testMount{dir: dir, upper: upper, work: work, lowers: lowers}
+}
+
+// walkTree stats every entry below root, lists every directory, reads
+// every third file and creates a file in every other directory.
+func walkTree(root, newName string) (dirs int, err error) {
+	files := 0
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return fmt.Errorf("lstat %s: %w", p, err)
+		}
+		if d.IsDir() {
+			dirs++
+			if dirs%2 == 0 {
+				if err := os.WriteFile(filepath.Join(p, newName), []byte(p), 0o644); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if files++; files%3 == 0 && st.Mode&unix.S_IFMT == unix.S_IFREG {
+			if _, err := os.ReadFile(p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return dirs, err
+}
+
+// TestLowFileLimit: a server whose RLIMIT_NOFILE is 64 serves a tree of
+// hundreds of directories, walked twice (the second time by four walkers
+// at once), without EMFILE, and keeps serving afterwards.
+func TestLowFileLimit(t *testing.T) {
+	lowers, upper, work := newLayers(t, 2)
+	for i := 0; i < 20; i++ {
+		for j := 0; j < 15; j++ {
+			d := filepath.Join(lowers[0], fmt.Sprintf("d%02d/s%02d", i, j))
+			writeFile(t, filepath.Join(d, "a"), "a", 0o644)
+			writeFile(t, filepath.Join(d, "b"), "b", 0o644)
+			if i < 10 && j < 5 {
+				// Merged with the layer below.
+				writeFile(t, filepath.Join(lowers[1], fmt.Sprintf("d%02d/s%02d/c", i, j)), "c", 0o644)
+			}
+		}
+	}
+	m := mountServedNoFile(t, lowers, upper, work, Options{}, 64)
+
+	dirs, err := walkTree(m.dir, "new1")
+	if err != nil {
+		t.Fatalf("first walk: %v", err)
+	}
+	if dirs != 1+20+20*15 {
+		t.Fatalf("first walk saw %d directories, want %d", dirs, 1+20+20*15)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < 20; i += 4 {
+				if _, err := walkTree(m.path(fmt.Sprintf("d%02d", i)), "new2"); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("second walk: %v", err)
+	}
+
+	// Fresh work after the walks.
+	must(t, os.MkdirAll(m.path("fresh/x/y"), 0o755))
+	writeFile(t, m.path("fresh/x/y/f"), "fresh", 0o644)
+	must(t, os.Rename(m.path("d19/s14"), m.path("fresh/moved")))
+	if got := readFile(t, m.path("fresh/moved/a")); got != "a" {
+		t.Fatalf("moved/a = %q", got)
+	}
+	if got := readFile(t, m.path("d00/s00/c")); got != "c" {
+		t.Fatalf("d00/s00/c = %q", got)
+	}
+	ents, err := os.ReadDir(m.path("d03/s02"))
+	must(t, err)
+	seen := map[string]bool{}
+	for _, e := range ents {
+		seen[e.Name()] = true
+	}
+	if !seen["a"] || !seen["b"] || !seen["c"] {
+		t.Fatalf("d03/s02 lists %v", seen)
+	}
+	must(t, os.Remove(m.path("d00/s00/a")))
+	if _, err := os.Lstat(m.path("d00/s00/a")); !os.IsNotExist(err) {
+		t.Fatalf("removed file: %v", err)
+	}
+}
