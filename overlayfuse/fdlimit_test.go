@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/overlayfuse/overlayfuse/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -119,5 +120,78 @@ func TestLowFileLimit(t *testing.T) {
 	must(t, os.Remove(m.path("d00/s00/a")))
 	if _, err := os.Lstat(m.path("d00/s00/a")); !os.IsNotExist(err) {
 		t.Fatalf("removed file: %v", err)
+	}
+}
+
+// TestFdCacheBounds: the cache keeps at most its budget of idle fds,
+// closing the least recently used, lets pinned ones exceed it, and opens
+// evicted and dropped entries again by handle.
+func TestFdCacheBounds(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	l, err := openLayer(dir, true)
+	must(t, err)
+	t.Cleanup(l.close)
+	if !l.handles {
+		t.Fatalf("%s: no file handles", dir)
+	}
+	const budget = 4
+	c := newFdCache(budget)
+	var ents []*cachedFd
+	for i := 0; i < 12; i++ {
+		name := fmt.Sprintf("d%d", i)
+		must(t, unix.Mkdirat(l.fd, name, 0o755))
+		fd, err := openPath(l.fd, name)
+		must(t, err)
+		fh, _, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+		must(t, err)
+		ents = append(ents, c.add(l, fh, fd))
+		if c.open > budget {
+			t.Fatalf("%d fds open after %d adds, budget %d", c.open, i+1, budget)
+		}
+	}
+	if ents[0].fd >= 0 || ents[11].fd < 0 {
+		t.Fatalf("the oldest entry is open (%d) or the newest closed (%d)", ents[0].fd, ents[11].fd)
+	}
+	acquire := func(i int) func() {
+		t.Helper()
+		fd, done, err := ents[i].acquire()
+		must(t, err)
+		var st, want unix.Stat_t
+		must(t, fstat(fd, &st))
+		must(t, unix.Lstat(filepath.Join(dir, fmt.Sprintf("d%d", i)), &want))
+		if st.Ino != want.Ino {
+			t.Fatalf("entry %d opens inode %d, want %d", i, st.Ino, want.Ino)
+		}
+		return done
+	}
+	for i := range ents {
+		acquire(i)()
+		if c.open > budget {
+			t.Fatalf("%d fds open, budget %d", c.open, budget)
+		}
+	}
+	var dones []func()
+	for i := 0; i < budget+2; i++ {
+		dones = append(dones, acquire(i))
+	}
+	if c.open != budget+2 {
+		t.Fatalf("%d fds open with %d pinned", c.open, budget+2)
+	}
+	for _, done := range dones {
+		done()
+	}
+	if c.open != budget {
+		t.Fatalf("%d fds open after release, budget %d", c.open, budget)
+	}
+	for _, e := range ents {
+		e.drop()
+	}
+	if c.open != 0 {
+		t.Fatalf("%d fds open after dropping every entry", c.open)
+	}
+	acquire(3)()
+	if c.open != 1 {
+		t.Fatalf("%d fds open, want 1", c.open)
 	}
 }
