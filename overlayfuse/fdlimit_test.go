@@ -195,3 +195,31 @@ func TestFdCacheBounds(t *testing.T) {
 		t.Fatalf("%d fds open, want 1", c.open)
 	}
 }
+
+// TestMountInUpper: a directory on another filesystem mounted inside the
+// upper layer cannot be opened by handle through the layer's mount; it is
+// served all the same. (Files there are not: they are always opened by
+// handle.)
+func TestMountInUpper(t *testing.T) {
+	testutil.RequireRoot(t)
+	lowers, upper, work := newLayers(t, 1)
+	writeFile(t, filepath.Join(lowers[0], "mnt/lower"), "l", 0o644)
+	must(t, os.Mkdir(filepath.Join(upper, "mnt"), 0o755))
+	must(t, unix.Mount("tmpfs", filepath.Join(upper, "mnt"), "tmpfs", 0, ""))
+	t.Cleanup(func() { _ = unix.Unmount(filepath.Join(upper, "mnt"), unix.MNT_DETACH) })
+	must(t, os.MkdirAll(filepath.Join(upper, "mnt/sub/deeper"), 0o755))
+	m := mountLayers(t, lowers, upper, work, Options{})
+	for _, d := range []string{"mnt", "mnt/sub"} {
+		ents, err := os.ReadDir(m.path(d))
+		if err != nil || len(ents) == 0 {
+			t.Fatalf("%s lists %v, %v", d, ents, err)
+		}
+	}
+	must(t, os.Mkdir(m.path("mnt/sub/deeper/new"), 0o755))
+	if _, err := os.ReadDir(m.path("mnt/sub/deeper/new")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(upper, "mnt/sub/deeper/new")); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -16,8 +16,10 @@ type layer struct {
 	// uuid of the filesystem, for origin xattrs (origin.go); nil if unknown.
 	uuid []byte
 	// handles: open_by_handle_at serves the layer's directories, so
-	// their fds can be closed and opened again (fdcache.go).
+	// their fds can be closed and opened again (fdcache.go); mountID is
+	// the mount it decodes them on.
 	handles bool
+	mountID int
 }
 
 func openLayer(path string, upper bool) (*layer, error) {
@@ -37,22 +39,25 @@ func openLayer(path string, upper bool) (*layer, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("stat layer %s: %w", path, err)
 	}
-	return &layer{path: path, fd: fd, dev: uint64(st.Dev), upper: upper, uuid: fsUUID(fd), handles: hasHandles(fd)}, nil
+	l := &layer{path: path, fd: fd, dev: uint64(st.Dev), upper: upper, uuid: fsUUID(fd)}
+	l.handles, l.mountID = hasHandles(fd)
+	return l, nil
 }
 
 // hasHandles reports whether directory fd, a layer root, can be named by
-// a file handle and opened by it again: not every filesystem can.
-func hasHandles(fd int) bool {
-	fh, _, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+// a file handle and opened by it again (not every filesystem can), and
+// its mount id.
+func hasHandles(fd int) (bool, int) {
+	fh, mnt, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
 	if err != nil {
-		return false
+		return false, 0
 	}
 	pfd, err := openByHandle(&layer{fd: fd}, fh, unix.O_PATH)
 	if err != nil {
-		return false
+		return false, 0
 	}
 	unix.Close(pfd)
-	return true
+	return true, mnt
 }
 
 func (l *layer) close() {

@@ -35,10 +35,15 @@ func refAt(l *layer, dirfd int, name string, st *unix.Stat_t) (realRef, error) {
 			return realRef{layer: l, fd: fd}, nil
 		}
 		// The handle of what was opened, not of what the name is now.
-		fh, _, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+		fh, mnt, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
 		if err != nil {
 			unix.Close(fd)
 			return noRef, err
+		}
+		if mnt != l.mountID {
+			// A mount inside the layer: the layer's mount cannot
+			// decode the handle.
+			return realRef{layer: l, fd: fd}, nil
 		}
 		return realRef{layer: l, fd: -1, fh: fh, dir: dirFds.add(l, fh, fd)}, nil
 	}
