@@ -50,11 +50,20 @@ func (n *node) copyUpLocked() syscall.Errno {
 	}
 	src := n.lowers[0]
 	n.mu.Unlock()
-	srcDir := parent.layerDirFd(src.layer)
+	srcDir, srcDone, err := parent.layerDirFd(src.layer)
+	if err != nil {
+		return toErrno(err)
+	}
+	defer srcDone()
 	if srcDir < 0 {
 		return syscall.ESTALE
 	}
-	up, errno := n.ofs.copyUpObject(src, entryXpath(srcDir, name), parent.upperDirFd(), name)
+	dstDir, dstDone, err := parent.upperDirFd()
+	if err != nil {
+		return toErrno(err)
+	}
+	defer dstDone()
+	up, errno := n.ofs.copyUpObject(src, entryXpath(srcDir, name), dstDir, name)
 	if errno != 0 {
 		return errno
 	}
@@ -114,7 +123,11 @@ func (n *node) linkUpLocked(parent *node, name string) syscall.Errno {
 	if errno := parent.copyUpLocked(); errno != 0 {
 		return errno
 	}
-	pfd := parent.upperDirFd()
+	pfd, done, err := parent.upperDirFd()
+	if err != nil {
+		return toErrno(err)
+	}
+	defer done()
 	var st unix.Stat_t
 	if err := lstatAt(pfd, name, &st); err == nil {
 		return 0 // already there

@@ -9,11 +9,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// fdList holds the fds a node opened (directories' O_PATH fds). They are
-// closed by a cleanup once the node is unreachable, not when the kernel
-// forgets it: go-fuse can still give a forgotten node back to the kernel
-// for a lookup that found it just before the forget. A node that go-fuse
-// drops for an equal one it already had is cleaned up the same way.
+// fdList holds the fds a node keeps for its life: the root's, and the
+// directories' of a layer without file handles, which cannot be opened
+// again (the others are in dirFds, fdcache.go). They are closed by a
+// cleanup once the node is unreachable, not when the kernel forgets it:
+// go-fuse can still give a forgotten node back to the kernel for a lookup
+// that found it just before the forget. A node that go-fuse drops for an
+// equal one it already had is cleaned up the same way.
 type fdList struct {
 	mu  sync.Mutex
 	fds []int
@@ -35,6 +37,16 @@ func (ofs *overlayFS) newNode(upper realRef, lowers []realRef) *node {
 	}
 	runtime.AddCleanup(n, func(l *fdList) { l.closeAll() }, n.fds)
 	return n
+}
+
+// dropFds closes the node's cached directory fds (realRef.dropFd).
+func (n *node) dropFds() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.upper.dropFd()
+	for _, r := range n.lowers {
+		r.dropFd()
+	}
 }
 
 func (l *fdList) add(r realRef) {

@@ -107,6 +107,7 @@ func newOverlayFS(layers Layers, opts Options) (*overlayFS, error) {
 		ofs.indexFS(l.dev)
 	}
 	raiseFileLimit()
+	dirFds.setBudget()
 	return ofs, nil
 }
 

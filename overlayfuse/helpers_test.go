@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,6 +164,10 @@ type serveSpec struct {
 	Dir    string
 	Layers Layers
 	Opts   Options
+	// NoFile, when set, is the child's RLIMIT_NOFILE, soft and hard;
+	// Limited: the child runs under it already (see execLimited).
+	NoFile  uint64 `json:",omitempty"`
+	Limited bool   `json:",omitempty"`
 }
 
 func serveChild(spec string) int {
@@ -171,9 +176,18 @@ func serveChild(spec string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	if s.NoFile > 0 && !s.Limited {
+		return execLimited(s)
+	}
 	srv, err := Mount(s.Dir, s.Layers, s.Opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	var rl syscall.Rlimit
+	if s.Limited && (syscall.Getrlimit(unix.RLIMIT_NOFILE, &rl) != nil || rl.Cur != s.NoFile) {
+		fmt.Fprintf(os.Stderr, "RLIMIT_NOFILE is %d, want %d\n", rl.Cur, s.NoFile)
+		_ = srv.Unmount()
 		return 1
 	}
 	fmt.Printf("ready %v\n", srv.PassthroughActive())
@@ -182,6 +196,39 @@ func serveChild(spec string) int {
 	go func() { <-sig; _ = srv.Unmount() }()
 	srv.Wait()
 	return 0
+}
+
+// execLimited runs the child again under RLIMIT_NOFILE s.NoFile, soft
+// and hard, and without CAP_SYS_RESOURCE, so that the mount cannot lift
+// the limit (root may raise a hard limit). Capabilities are per thread:
+// the one that drops it is the one that execs.
+func execLimited(s serveSpec) int {
+	runtime.LockOSThread()
+	if err := unix.Prctl(unix.PR_CAPBSET_DROP, unix.CAP_SYS_RESOURCE, 0, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "drop CAP_SYS_RESOURCE:", err)
+		return 1
+	}
+	// syscall's Setrlimit, so that exec does not put back the soft
+	// limit the Go runtime started with.
+	if err := syscall.Setrlimit(unix.RLIMIT_NOFILE, &syscall.Rlimit{Cur: s.NoFile, Max: s.NoFile}); err != nil {
+		fmt.Fprintln(os.Stderr, "setrlimit:", err)
+		return 1
+	}
+	s.Limited = true
+	spec, err := json.Marshal(s)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	env := []string{serveEnv + "=" + string(spec)}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, serveEnv+"=") {
+			env = append(env, kv)
+		}
+	}
+	err = syscall.Exec("/proc/self/exe", os.Args, env)
+	fmt.Fprintln(os.Stderr, "exec:", err)
+	return 1
 }
 
 // mountServed is mountLayers with the server in a child process.
@@ -199,8 +246,14 @@ func mountServed(t *testing.T, lowers []string, upper, work string, opts Options
 // passthrough is active. Exported for the differential tests.
 func MountInChild(t testing.TB, dir string, layers Layers, opts Options) (unmount func() error, passthrough bool) {
 	t.Helper()
+	return mountInChild(t, serveSpec{Dir: dir, Layers: layers, Opts: opts})
+}
+
+func mountInChild(t testing.TB, s serveSpec) (unmount func() error, passthrough bool) {
+	t.Helper()
 	testutil.RequireFUSE(t)
-	spec, err := json.Marshal(serveSpec{Dir: dir, Layers: layers, Opts: opts})
+	dir := s.Dir
+	spec, err := json.Marshal(s)
 	must(t, err)
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), serveEnv+"="+string(spec))

@@ -15,6 +15,11 @@ type layer struct {
 	upper bool
 	// uuid of the filesystem, for origin xattrs (origin.go); nil if unknown.
 	uuid []byte
+	// handles: open_by_handle_at serves the layer's directories, so
+	// their fds can be closed and opened again (fdcache.go); mountID is
+	// the mount it decodes them on.
+	handles bool
+	mountID int
 }
 
 func openLayer(path string, upper bool) (*layer, error) {
@@ -34,11 +39,30 @@ func openLayer(path string, upper bool) (*layer, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("stat layer %s: %w", path, err)
 	}
-	return &layer{path: path, fd: fd, dev: uint64(st.Dev), upper: upper, uuid: fsUUID(fd)}, nil
+	l := &layer{path: path, fd: fd, dev: uint64(st.Dev), upper: upper, uuid: fsUUID(fd)}
+	l.handles, l.mountID = hasHandles(fd)
+	return l, nil
+}
+
+// hasHandles reports whether directory fd, a layer root, can be named by
+// a file handle and opened by it again (not every filesystem can), and
+// its mount id.
+func hasHandles(fd int) (bool, int) {
+	fh, mnt, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+	if err != nil {
+		return false, 0
+	}
+	pfd, err := openByHandle(&layer{fd: fd}, fh, unix.O_PATH)
+	if err != nil {
+		return false, 0
+	}
+	unix.Close(pfd)
+	return true, mnt
 }
 
 func (l *layer) close() {
 	if l != nil && l.fd >= 0 {
+		dirFds.purge(l)
 		unix.Close(l.fd)
 		l.fd = -1
 	}

@@ -23,6 +23,7 @@ var (
 // whether an upper whiteout must be replaced there.
 type newEntry struct {
 	dir          int
+	done         func() // releases dir
 	overWhiteout bool
 	uid, gid     int
 	setgid       bool // the parent passes its group and setgid on
@@ -50,7 +51,11 @@ func (n *node) prepareNew(ctx context.Context, name string) (ne newEntry, errno 
 	if errno := n.copyUp(ctx); errno != 0 {
 		return ne, errno
 	}
-	ne.dir = n.upperDirFd()
+	dir, done, err := n.upperDirFd()
+	if err != nil {
+		return ne, toErrno(err)
+	}
+	ne.dir, ne.done = dir, done
 	ne.overWhiteout = e.upperWhiteout
 	ne.uid, ne.gid = -1, -1
 	if c, ok := fuse.FromContext(ctx); ok {
@@ -58,6 +63,7 @@ func (n *node) prepareNew(ctx context.Context, name string) (ne newEntry, errno 
 	}
 	var pst unix.Stat_t
 	if err := fstat(ne.dir, &pst); err != nil {
+		ne.done()
 		return ne, toErrno(err)
 	}
 	if pst.Mode&unix.S_ISGID != 0 {
@@ -107,6 +113,7 @@ func (n *node) makeNew(ctx context.Context, name string, mode uint32, out *fuse.
 	if errno != 0 {
 		return nil, errno
 	}
+	defer ne.done()
 	if ne.setgid && mode&unix.S_IFMT == unix.S_IFDIR {
 		mode |= unix.S_ISGID
 	}
@@ -221,6 +228,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if errno != 0 {
 		return nil, errno
 	}
+	defer ne.done()
 	dir, at := ne.dir, name
 	if ne.overWhiteout {
 		dir, at = n.ofs.workFd, n.ofs.tmpName()
@@ -244,7 +252,7 @@ func (n *node) lowerPositive(name string) bool {
 	n.mu.Unlock()
 	for _, l := range lowers {
 		var st unix.Stat_t
-		if err := lstatAt(l.fd, name, &st); err != nil {
+		if err := l.lstatAt(name, &st); err != nil {
 			continue
 		}
 		return !isWhiteout(&st)
@@ -259,7 +267,11 @@ func (n *node) removeEntry(ctx context.Context, name string, e *entry, dir bool)
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
-	pfd := n.upperDirFd()
+	pfd, done, err := n.upperDirFd()
+	if err != nil {
+		return toErrno(err)
+	}
+	defer done()
 	lower := n.lowerPositive(name)
 	if !e.upper.valid() {
 		return toErrno(n.ofs.whiteout(pfd, name))
@@ -276,7 +288,6 @@ func (n *node) removeEntry(ctx context.Context, name string, e *entry, dir bool)
 		// An upper directory that only holds whiteouts.
 	}
 	var tmp string
-	var err error
 	if lower {
 		tmp, err = n.ofs.swapForWhiteout(pfd, name)
 	} else {
@@ -307,7 +318,10 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	}
 	if ch := n.GetChild(name); ch != nil && e.upper.valid() {
 		if c, ok := ch.Operations().(*node); ok {
-			c.keepOpenable(n.upperDirFd(), name)
+			if pfd, done, err := n.upperDirFd(); err == nil {
+				c.keepOpenable(pfd, name)
+				done()
+			}
 		}
 	}
 	if errno := n.removeEntry(ctx, name, &e, false); errno != 0 {
@@ -368,7 +382,11 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	if c, ok := fuse.FromContext(ctx); ok {
 		ne.uid, ne.gid = int(c.Uid), int(c.Gid)
 	}
-	dir := n.upperDirFd()
+	dir, done, err := n.upperDirFd()
+	if err != nil {
+		return nil, nil, 0, toErrno(err)
+	}
+	defer done()
 	flags &= openFlagsPassed &^ unix.O_TRUNC
 	fd, err := unix.Openat(dir, ".", int(flags)|unix.O_TMPFILE|unix.O_CLOEXEC, mode&07777)
 	if err != nil {

@@ -91,14 +91,16 @@ func (n *node) upperRef() realRef {
 	return n.upper
 }
 
-// upperDirFd is the O_PATH fd of a directory's upper object, -1 if none.
-func (n *node) upperDirFd() int {
+// upperDirFd is the O_PATH fd of a directory's upper object, -1 if none,
+// and the function that releases it.
+func (n *node) upperDirFd() (int, func(), error) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	if !n.upper.valid() {
-		return -1
+	up := n.upper
+	n.mu.Unlock()
+	if !up.valid() {
+		return -1, nop, nil
 	}
-	return n.upper.fd
+	return up.pathFd()
 }
 
 func (n *node) hasUpper() bool {
@@ -109,12 +111,13 @@ func (n *node) hasUpper() bool {
 
 func (n *node) isDir() bool { return n.StableAttr().Mode&syscall.S_IFMT == syscall.S_IFDIR }
 
-// OnForget takes the node out of lookups. Its fds are not closed here:
-// go-fuse may still hand the node back to the kernel for a lookup that
-// found it just before (fs.NodeOnForgetter); they close once the node is
-// garbage (see fdList).
+// OnForget takes the node out of lookups and closes its cached directory
+// fds. Its refs stay usable: go-fuse may still hand the node back to the
+// kernel for a lookup that found it just before (fs.NodeOnForgetter).
+// Fds kept for the ref's life close once the node is garbage (see fdList).
 func (n *node) OnForget() {
 	n.ofs.unregister(n)
+	n.dropFds()
 	collectSoon()
 }
 
@@ -240,7 +243,7 @@ func resolveIn(upper realRef, lowers []realRef, name string) (e entry, errno sys
 	e.upper = noRef
 	isDir := false
 	if upper.valid() {
-		err := lstatAt(upper.fd, name, &e.st)
+		err := upper.lstatAt(name, &e.st)
 		switch {
 		case err == unix.ENOENT:
 		case err != nil:
@@ -249,7 +252,7 @@ func resolveIn(upper realRef, lowers []realRef, name string) (e entry, errno sys
 			e.whiteout, e.upperWhiteout = true, true
 			return e, syscall.ENOENT
 		default:
-			r, err := refAt(upper.layer, upper.fd, name, &e.st)
+			r, err := upper.refAt(name, &e.st)
 			if err != nil {
 				return e, toErrno(err)
 			}
@@ -257,7 +260,7 @@ func resolveIn(upper realRef, lowers []realRef, name string) (e entry, errno sys
 			if !e.isDir() {
 				return e, 0
 			}
-			if opaque, _ := isOpaque(r.fd); opaque {
+			if opaque, _ := r.isOpaque(); opaque {
 				return e, 0
 			}
 			isDir = true
@@ -265,7 +268,7 @@ func resolveIn(upper realRef, lowers []realRef, name string) (e entry, errno sys
 	}
 	for _, l := range lowers {
 		var st unix.Stat_t
-		err := lstatAt(l.fd, name, &st)
+		err := l.lstatAt(name, &st)
 		if err == unix.ENOENT {
 			continue
 		}
@@ -285,7 +288,7 @@ func resolveIn(upper realRef, lowers []realRef, name string) (e entry, errno sys
 			// A non-directory ends the merge, and is never looked through.
 			break
 		}
-		r, err := refAt(l.layer, l.fd, name, &st)
+		r, err := l.refAt(name, &st)
 		if err != nil {
 			e.release()
 			return e, toErrno(err)
@@ -301,7 +304,7 @@ func resolveIn(upper realRef, lowers []realRef, name string) (e entry, errno sys
 			break
 		}
 		isDir = true
-		if opaque, _ := isOpaque(r.fd); opaque {
+		if opaque, _ := r.isOpaque(); opaque {
 			break
 		}
 	}
@@ -347,7 +350,12 @@ func (ofs *overlayFS) nodeFor(ctx context.Context, parent *node, name string, e 
 	case e.created:
 		ino = ofs.ino(e.st.Dev, e.st.Ino)
 	case e.upper.valid():
-		ino = ofs.upperIno(parent.upperDirFd(), name, &e.st)
+		pfd, done, err := parent.upperDirFd()
+		if err != nil {
+			return nil, false, toErrno(err)
+		}
+		ino = ofs.upperIno(pfd, name, &e.st)
+		done()
 	default:
 		ino = ofs.ino(e.lowerSt.Dev, e.lowerSt.Ino)
 	}

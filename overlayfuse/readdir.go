@@ -80,7 +80,7 @@ func (ofs *overlayFS) listMerged(upper realRef, lowers []realRef) ([]fuse.DirEnt
 	seen := map[string]struct{}{}
 	var out []fuse.DirEntry
 	for i, s := range srcs {
-		dfd, err := openBeneath(s.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY)
+		dfd, err := s.open(unix.O_RDONLY | unix.O_DIRECTORY)
 		if err != nil {
 			return nil, toErrno(err)
 		}
@@ -272,11 +272,11 @@ func (c *dirCookies) number(ents []fuse.DirEntry, start uint64) {
 }
 
 func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
-	fd := d.n.upperDirFd()
-	if fd < 0 {
+	up := d.n.upperRef()
+	if !up.valid() {
 		return 0
 	}
-	dfd, err := reopen(fd, unix.O_RDONLY|unix.O_DIRECTORY)
+	dfd, err := up.open(unix.O_RDONLY | unix.O_DIRECTORY)
 	if err != nil {
 		return toErrno(err)
 	}

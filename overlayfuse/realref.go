@@ -6,13 +6,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// realRef names a node's real object in one layer. A directory keeps an
-// O_PATH fd, which every lookup and listing in it uses; anything else
-// keeps a file handle and is opened when used, so a mount holds one fd per
-// directory, not per file (RLIMIT_NOFILE can be low and unraisable).
+// realRef names a node's real object in one layer by a file handle, and
+// is opened when used, so a mount holds no fd per file or directory
+// (RLIMIT_NOFILE can be low and unraisable). A directory's O_PATH fd,
+// which every lookup and listing in it uses, is kept in the bounded
+// dirFds cache (fdcache.go). Layer roots, and directories of a layer
+// without file handles, keep an fd instead.
 type realRef struct {
 	layer *layer
-	fd    int // directories: O_PATH fd; -1 otherwise
+	fd    int       // O_PATH fd kept for the ref's life; -1 otherwise
+	dir   *cachedFd // directories: the fd cache entry
 	fh    unix.FileHandle
 }
 
@@ -24,11 +27,25 @@ func (r realRef) valid() bool { return r.layer != nil }
 // lstat'ed as st. Neither call follows a symlink.
 func refAt(l *layer, dirfd int, name string, st *unix.Stat_t) (realRef, error) {
 	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-		fd, err := openPath(dirfd, name)
+		fd, err := dirFds.retry(func() (int, error) { return openPath(dirfd, name) })
 		if err != nil {
 			return noRef, err
 		}
-		return realRef{layer: l, fd: fd}, nil
+		if !l.handles {
+			return realRef{layer: l, fd: fd}, nil
+		}
+		// The handle of what was opened, not of what the name is now.
+		fh, mnt, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+		if err != nil {
+			unix.Close(fd)
+			return noRef, err
+		}
+		if mnt != l.mountID {
+			// A mount inside the layer: the layer's mount cannot
+			// decode the handle.
+			return realRef{layer: l, fd: fd}, nil
+		}
+		return realRef{layer: l, fd: -1, fh: fh, dir: dirFds.add(l, fh, fd)}, nil
 	}
 	fh, _, err := unix.NameToHandleAt(dirfd, name, 0)
 	if err != nil {
@@ -37,10 +54,15 @@ func refAt(l *layer, dirfd int, name string, st *unix.Stat_t) (realRef, error) {
 	return realRef{layer: l, fd: -1, fh: fh}, nil
 }
 
+func nop() {}
+
 // pathFd returns an O_PATH fd of r and the function that releases it.
 func (r realRef) pathFd() (int, func(), error) {
 	if r.fd >= 0 {
-		return r.fd, func() {}, nil
+		return r.fd, nop, nil
+	}
+	if r.dir != nil {
+		return r.dir.acquire()
 	}
 	fd, err := r.open(unix.O_PATH)
 	if err != nil {
@@ -57,13 +79,47 @@ func (r realRef) open(flags int) (int, error) {
 		}
 		return reopen(r.fd, flags)
 	}
-	for {
-		fd, err := unix.OpenByHandleAt(r.layer.fd, r.fh, flags|unix.O_CLOEXEC)
-		if err == unix.EINTR {
-			continue
-		}
-		return fd, err
+	return dirFds.retry(func() (int, error) { return openByHandle(r.layer, r.fh, flags) })
+}
+
+// lstatAt lstats name in directory r.
+func (r realRef) lstatAt(name string, st *unix.Stat_t) error {
+	fd, done, err := r.pathFd()
+	if err != nil {
+		return err
 	}
+	defer done()
+	return lstatAt(fd, name, st)
+}
+
+// refAt is refAt of name in directory r.
+func (r realRef) refAt(name string, st *unix.Stat_t) (realRef, error) {
+	fd, done, err := r.pathFd()
+	if err != nil {
+		return noRef, err
+	}
+	defer done()
+	return refAt(r.layer, fd, name, st)
+}
+
+// isOpaque reports whether directory r hides the layers below it.
+func (r realRef) isOpaque() (bool, error) {
+	fd, done, err := r.pathFd()
+	if err != nil {
+		return false, err
+	}
+	defer done()
+	return isOpaque(fd)
+}
+
+// setOpaque makes directory r hide the layers below it.
+func (r realRef) setOpaque() error {
+	fd, done, err := r.pathFd()
+	if err != nil {
+		return err
+	}
+	defer done()
+	return setOpaque(fd)
 }
 
 // stat stats r.
@@ -88,10 +144,19 @@ func (r realRef) same(o realRef) bool {
 	return r.fh.Type() == o.fh.Type() && bytes.Equal(r.fh.Bytes(), o.fh.Bytes())
 }
 
+// dropFd closes r's cached fd, if it has one: now, or when its last user
+// releases it. A later use opens it again.
+func (r realRef) dropFd() {
+	if r.dir != nil {
+		r.dir.drop()
+	}
+}
+
 func (r *realRef) close() {
 	if r.fd >= 0 {
 		unix.Close(r.fd)
 	}
+	r.dropFd()
 	*r = noRef
 }
 

@@ -95,21 +95,35 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	if errno := p2.copyUpLocked(); errno != 0 {
 		return errno
 	}
-	d1, d2 := n.upperDirFd(), p2.upperDirFd()
+	d1, done1, err := n.upperDirFd()
+	if err != nil {
+		return toErrno(err)
+	}
+	defer done1()
+	d2, done2, err := p2.upperDirFd()
+	if err != nil {
+		return toErrno(err)
+	}
+	defer done2()
 	if dstExists && !exchange && !dstDir {
 		dstNode.keepOpenable(d2, newName)
 	}
 	srcLower := n.lowerPositive(name)
 	dstLower := p2.lowerPositive(newName)
 
-	var err error
 	switch {
 	case exchange:
 		err = unix.Renameat2(d1, name, d2, newName, unix.RENAME_EXCHANGE)
 	case dstExists:
-		if dstDir && dstNode.upperDirFd() >= 0 {
+		if up := dstNode.upperRef(); dstDir && up.valid() {
 			// An empty merged directory may still hold whiteouts.
-			if err := removeChildren(dstNode.upperDirFd()); err != nil {
+			fd, done, err := up.pathFd()
+			if err != nil {
+				return toErrno(err)
+			}
+			err = removeChildren(fd)
+			done()
+			if err != nil {
 				return toErrno(err)
 			}
 		}
@@ -127,12 +141,12 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	// A directory now standing where a lower layer has the name must not
 	// merge with it.
 	if srcDir && dstLower {
-		if err := setOpaque(srcNode.upperDirFd()); err != nil {
+		if err := srcNode.upperRef().setOpaque(); err != nil {
 			return toErrno(err)
 		}
 	}
 	if exchange && dstDir && srcLower {
-		if err := setOpaque(dstNode.upperDirFd()); err != nil {
+		if err := dstNode.upperRef().setOpaque(); err != nil {
 			return toErrno(err)
 		}
 	}
@@ -212,7 +226,7 @@ func (ofs *overlayFS) copyUpTree(upper realRef, lowers []realRef, links map[uint
 			return errno
 		}
 	}
-	return toErrno(setOpaque(upper.fd))
+	return toErrno(upper.setOpaque())
 }
 
 func (ofs *overlayFS) copyUpTreeEntry(upper realRef, lowers []realRef, name string, links map[uint64]realRef) syscall.Errno {
@@ -226,22 +240,35 @@ func (ofs *overlayFS) copyUpTreeEntry(upper realRef, lowers []realRef, name stri
 		return 0
 	}
 	if !e.upper.valid() {
+		// The fds are released before the recursion below, which would
+		// otherwise pin two per level.
+		ufd, done, err := upper.pathFd()
+		if err != nil {
+			return toErrno(err)
+		}
 		if !isDir && e.lowerSt.Nlink > 1 {
 			ino := ofs.ino(e.lowerSt.Dev, e.lowerSt.Ino)
 			if r, ok := links[ino]; ok {
-				return toErrno(linkRef(r, upper.fd, name))
+				defer done()
+				return toErrno(linkRef(r, ufd, name))
 			}
 			if live := ofs.liveNode(ino); live != nil && live.hasUpper() {
-				return toErrno(linkRef(live.upperRef(), upper.fd, name))
+				defer done()
+				return toErrno(linkRef(live.upperRef(), ufd, name))
 			}
 		}
-		srcDir := -1
+		srcDir, srcDone := -1, nop
 		for _, l := range lowers {
 			if l.layer == e.lowers[0].layer {
-				srcDir = l.fd
+				if srcDir, srcDone, err = l.pathFd(); err != nil {
+					done()
+					return toErrno(err)
+				}
 			}
 		}
-		r, errno := ofs.copyUpObject(e.lowers[0], entryXpath(srcDir, name), upper.fd, name)
+		r, errno := ofs.copyUpObject(e.lowers[0], entryXpath(srcDir, name), ufd, name)
+		srcDone()
+		done()
 		if errno != 0 {
 			return errno
 		}
@@ -271,10 +298,10 @@ func (n *node) adoptUpperTree() {
 		}
 		if !c.hasUpper() {
 			var st unix.Stat_t
-			if lstatAt(up.fd, name, &st) != nil {
+			if up.lstatAt(name, &st) != nil {
 				continue
 			}
-			r, err := refAt(up.layer, up.fd, name, &st)
+			r, err := up.refAt(name, &st)
 			if err != nil {
 				continue
 			}

@@ -175,24 +175,28 @@ func (n *node) xattrTarget(r realRef) (xpath, func(), error) {
 	if parent == nil {
 		return xpath{}, nil, syscall.ESTALE
 	}
-	dirfd := parent.layerDirFd(r.layer)
+	dirfd, done, err := parent.layerDirFd(r.layer)
+	if err != nil {
+		return xpath{}, nil, err
+	}
 	if dirfd < 0 {
 		return xpath{}, nil, syscall.ESTALE
 	}
-	return entryXpath(dirfd, name), func() {}, nil
+	return entryXpath(dirfd, name), done, nil
 }
 
-// layerDirFd is directory n's fd in layer l, -1 if l has no part of it.
-func (n *node) layerDirFd(l *layer) int {
+// layerDirFd is directory n's fd in layer l, -1 if l has no part of it,
+// and the function that releases it.
+func (n *node) layerDirFd(l *layer) (int, func(), error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.upper.valid() && n.upper.layer == l {
-		return n.upper.fd
+		return n.upper.pathFd()
 	}
 	for _, r := range n.lowers {
 		if r.layer == l {
-			return r.fd
+			return r.pathFd()
 		}
 	}
-	return -1
+	return -1, nop, nil
 }
