@@ -50,8 +50,6 @@ type node struct {
 	stale bool
 	// prot: the immutable and append-only flags (fileattr.go).
 	prot uint32
-	// cookies: a directory's readdir offsets (readdir.go).
-	cookies dirCookies
 }
 
 type alias struct {

@@ -3,7 +3,9 @@ package overlayfuse
 import (
 	"cmp"
 	"context"
+	"hash/maphash"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -155,12 +157,11 @@ func (d *dirHandle) load() syscall.Errno {
 	if d.loaded {
 		return 0
 	}
-	start := d.n.cookies.begin()
 	ents, errno := d.n.mergedEntries()
 	if errno != 0 {
 		return errno
 	}
-	d.n.cookies.number(ents, start)
+	numberEntries(ents)
 	self := d.n.StableAttr().Ino
 	parentIno := self
 	if _, p := d.n.Parent(); p != nil {
@@ -213,61 +214,30 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 // firstCookie follows those of "." (1) and ".." (2).
 const firstCookie = 3
 
-// dirCookies gives each name of a directory a cookie, its readdir offset:
-// once, increasing, kept while the name exists. It holds the names of the
-// last listing only.
-type dirCookies struct {
-	mu     sync.Mutex
-	byName map[string]cookie
-	next   uint64
-	seq    uint64 // numbers the listings
-}
+// cookieSeed keys the name hash, so that no layer can be made to hold
+// names whose cookies collide.
+var cookieSeed = maphash.MakeSeed()
 
-type cookie struct {
-	off  uint64
-	seen uint64 // seq of the last listing that held the name
-}
-
-// begin is called before a listing reads the layers: names numbered from
-// here on may be newer than that listing.
-func (c *dirCookies) begin() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return max(c.next, firstCookie)
-}
-
-// number sets each entry's Off to its name's cookie, gives new names new
-// ones, sorts ents by cookie and forgets the names numbered before start
-// that ents no longer holds.
-func (c *dirCookies) number(ents []fuse.DirEntry, start uint64) {
-	c.mu.Lock()
-	if c.byName == nil {
-		c.byName = make(map[string]cookie, len(ents))
-		c.next = firstCookie
-	}
-	c.seq++
-	sorted := true
+// numberEntries sets each entry's Off to its name's cookie, a keyed hash
+// of the name, and sorts ents by it. A name has the same cookie in every
+// listing, also after it was deleted and made again, so no listing
+// stitched from several handles' replies, before and after changes, can
+// hold a name twice, and no table of names is kept. Two names whose
+// hashes collide (about one in 2^62) take consecutive cookies.
+func numberEntries(ents []fuse.DirEntry) {
 	for i := range ents {
-		k, ok := c.byName[ents[i].Name]
-		if !ok {
-			k.off = c.next
-			c.next++
-		}
-		k.seen = c.seq
-		c.byName[ents[i].Name] = k
-		ents[i].Off = k.off
-		sorted = sorted && (i == 0 || ents[i-1].Off < k.off)
+		ents[i].Off = maphash.String(cookieSeed, ents[i].Name)>>2 + firstCookie
 	}
-	if len(c.byName) > len(ents) {
-		for name, k := range c.byName {
-			if k.seen != c.seq && k.off < start {
-				delete(c.byName, name)
-			}
+	slices.SortFunc(ents, func(a, b fuse.DirEntry) int {
+		if c := cmp.Compare(a.Off, b.Off); c != 0 {
+			return c
 		}
-	}
-	c.mu.Unlock()
-	if !sorted {
-		slices.SortFunc(ents, func(a, b fuse.DirEntry) int { return cmp.Compare(a.Off, b.Off) })
+		return strings.Compare(a.Name, b.Name)
+	})
+	for i := 1; i < len(ents); i++ {
+		if ents[i].Off <= ents[i-1].Off {
+			ents[i].Off = ents[i-1].Off + 1
+		}
 	}
 }
 
