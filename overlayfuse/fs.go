@@ -49,9 +49,10 @@ type overlayFS struct {
 	// passthrough: the kernel takes backing files on this mount.
 	passthrough bool
 
-	// whName is the shared whiteout in the work dir (whiteout.go).
-	whMu   sync.Mutex
-	whName string
+	// whFd is an O_PATH fd of the shared whiteout in the work dir
+	// (whiteout.go), -1 until one is made.
+	whMu sync.Mutex
+	whFd int
 
 	// copyMu serializes copy-ups: parents first, each exactly once.
 	copyMu sync.Mutex
@@ -71,6 +72,7 @@ func newOverlayFS(layers Layers, opts Options) (*overlayFS, error) {
 	ofs := &overlayFS{
 		opts:    opts,
 		workFd:  -1,
+		whFd:    -1,
 		fsIndex: map[uint64]uint64{},
 		nodes:   map[uint64]*node{},
 		gens:    map[uint64]uint64{},
@@ -153,13 +155,23 @@ func (ofs *overlayFS) close() {
 	for _, l := range ofs.lowers {
 		l.close()
 	}
-	if ofs.workFd >= 0 {
-		unix.Close(ofs.workFd)
-		ofs.workFd = -1
+	for _, fd := range []*int{&ofs.workFd, &ofs.whFd} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
 	}
 }
 
 func (ofs *overlayFS) readOnly() bool { return ofs.upper == nil }
+
+// fdatasync flushes fd's data, unless the mount is volatile.
+func (ofs *overlayFS) fdatasync(fd int) error {
+	if ofs.opts.Volatile {
+		return nil
+	}
+	return unix.Fdatasync(fd)
+}
 
 func (ofs *overlayFS) fsOptions() *fs.Options {
 	timeout := cacheTimeout
