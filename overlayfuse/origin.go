@@ -112,3 +112,11 @@ func setImpure(fd int) {
 	}
 	_ = fsetxattr(fd, impureXattr, []byte("y"), 0)
 }
+
+// markImpureFor marks upper directory dirfd impure if its entry name has
+// an origin.
+func markImpureFor(dirfd int, name string) {
+	if _, err := entryXpath(dirfd, name).get(originXattr, nil); err == nil {
+		setImpure(dirfd)
+	}
+}

@@ -118,6 +118,14 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	if err != nil {
 		return toErrno(err)
 	}
+	if n != p2 {
+		// As the kernel: a directory that an entry with an origin moved
+		// into is impure.
+		markImpureFor(d2, newName)
+		if exchange {
+			markImpureFor(d1, name)
+		}
+	}
 	// A directory now standing where a lower layer has the name must not
 	// merge with it.
 	if srcDir && dstLower {
