@@ -103,6 +103,11 @@ func newOverlayFS(layers Layers, opts Options) (*overlayFS, error) {
 			return fail(err)
 		}
 		ofs.workFd = wfd
+		if opts.Volatile {
+			if err := markVolatile(wfd); err != nil {
+				return fail(fmt.Errorf("workdir %s: volatile mark: %w", layers.Work, err))
+			}
+		}
 	}
 	for _, p := range layers.Lower {
 		if p == "" {
@@ -145,6 +150,10 @@ func openWork(work string, upperDev uint64) (lockFd, workFd int, err error) {
 	fd, err := openBeneath(wfd, workSubdir, unix.O_PATH|unix.O_DIRECTORY)
 	if err != nil {
 		return wfd, -1, fmt.Errorf("workdir %s: %w", work, err)
+	}
+	if err := checkIncompat(work, fd); err != nil {
+		unix.Close(fd)
+		return wfd, -1, err
 	}
 	if err := removeChildren(fd); err != nil {
 		unix.Close(fd)

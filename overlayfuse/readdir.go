@@ -197,7 +197,7 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 
 func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 	fd := d.n.upperDirFd()
-	if fd < 0 {
+	if fd < 0 || d.n.ofs.opts.Volatile {
 		return 0
 	}
 	dfd, err := reopen(fd, unix.O_RDONLY|unix.O_DIRECTORY)
