@@ -50,11 +50,7 @@ func (n *node) copyUpLocked() syscall.Errno {
 	}
 	src := n.lowers[0]
 	n.mu.Unlock()
-	srcDir := parent.layerDirFd(src.layer)
-	if srcDir < 0 {
-		return syscall.ESTALE
-	}
-	up, errno := n.ofs.copyUpObject(src, entryXpath(srcDir, name), parent.upperDirFd(), name)
+	up, errno := n.ofs.copyUpObject(src, parent.upperDirFd(), name)
 	if errno != 0 {
 		return errno
 	}
@@ -136,8 +132,8 @@ func (n *node) linkUpLocked(parent *node, name string) syscall.Errno {
 // copyUpObject copies the lower object src to name in the upper directory
 // dstDir: it is built in the work dir, with data, owner, mode, xattrs and
 // times, then renamed into place, so a crash never shows half a copy. It
-// returns a ref of the new object. srcX names the source for its xattrs.
-func (ofs *overlayFS) copyUpObject(srcRef realRef, srcX xpath, dstDir int, name string) (realRef, syscall.Errno) {
+// returns a ref of the new object.
+func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (realRef, syscall.Errno) {
 	src, done, err := srcRef.pathFd()
 	if err != nil {
 		return noRef, toErrno(err)
@@ -150,7 +146,7 @@ func (ofs *overlayFS) copyUpObject(srcRef realRef, srcX xpath, dstDir int, name 
 	tmp := ofs.tmpName()
 	work := ofs.workFd
 	isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
-	fd, origin, errno := ofs.buildCopy(src, srcX, originOf(srcRef), &st, tmp)
+	fd, origin, errno := ofs.buildCopy(src, originOf(srcRef), &st, tmp)
 	if errno != 0 {
 		_ = removeAt(work, tmp, isDir)
 		return noRef, errno
@@ -195,12 +191,12 @@ func refOfFd(l *layer, fd int, isDir bool) (realRef, error) {
 // buildCopy makes tmp in the work dir a copy of src and returns an fd of
 // it (O_PATH but for a regular file) and whether it got its origin. All
 // but its creation goes through that fd.
-func (ofs *overlayFS) buildCopy(src int, srcX xpath, origin []byte, st *unix.Stat_t, tmp string) (fd int, hasOrigin bool, errno syscall.Errno) {
+func (ofs *overlayFS) buildCopy(src int, origin []byte, st *unix.Stat_t, tmp string) (fd int, hasOrigin bool, errno syscall.Errno) {
 	fd, errno = ofs.makeCopy(src, st, tmp)
 	if errno != 0 {
 		return -1, false, errno
 	}
-	if hasOrigin, errno = setCopyAttrs(fd, srcX, origin, st); errno != 0 {
+	if hasOrigin, errno = setCopyAttrs(fd, fdXpath(src), origin, st); errno != 0 {
 		unix.Close(fd)
 		return -1, false, errno
 	}

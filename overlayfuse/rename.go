@@ -237,13 +237,7 @@ func (ofs *overlayFS) copyUpTreeEntry(upper realRef, lowers []realRef, name stri
 				return toErrno(linkRef(live.upperRef(), upper.fd, name))
 			}
 		}
-		srcDir := -1
-		for _, l := range lowers {
-			if l.layer == e.lowers[0].layer {
-				srcDir = l.fd
-			}
-		}
-		r, errno := ofs.copyUpObject(e.lowers[0], entryXpath(srcDir, name), upper.fd, name)
+		r, errno := ofs.copyUpObject(e.lowers[0], upper.fd, name)
 		if errno != 0 {
 			return errno
 		}
