@@ -50,20 +50,12 @@ func (n *node) copyUpLocked() syscall.Errno {
 	}
 	src := n.lowers[0]
 	n.mu.Unlock()
-	srcDir, srcDone, err := parent.layerDirFd(src.layer)
-	if err != nil {
-		return toErrno(err)
-	}
-	defer srcDone()
-	if srcDir < 0 {
-		return syscall.ESTALE
-	}
 	dstDir, dstDone, err := parent.upperDirFd()
 	if err != nil {
 		return toErrno(err)
 	}
 	defer dstDone()
-	up, errno := n.ofs.copyUpObject(src, entryXpath(srcDir, name), dstDir, name)
+	up, errno := n.ofs.copyUpObject(src, dstDir, name)
 	if errno != 0 {
 		return errno
 	}
@@ -149,8 +141,8 @@ func (n *node) linkUpLocked(parent *node, name string) syscall.Errno {
 // copyUpObject copies the lower object src to name in the upper directory
 // dstDir: it is built in the work dir, with data, owner, mode, xattrs and
 // times, then renamed into place, so a crash never shows half a copy. It
-// returns a ref of the new object. srcX names the source for its xattrs.
-func (ofs *overlayFS) copyUpObject(srcRef realRef, srcX xpath, dstDir int, name string) (realRef, syscall.Errno) {
+// returns a ref of the new object.
+func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (realRef, syscall.Errno) {
 	src, done, err := srcRef.pathFd()
 	if err != nil {
 		return noRef, toErrno(err)
@@ -162,39 +154,73 @@ func (ofs *overlayFS) copyUpObject(srcRef realRef, srcX xpath, dstDir int, name 
 	}
 	tmp := ofs.tmpName()
 	work := ofs.workFd
-	if errno := ofs.buildCopy(src, srcX, originOf(srcRef), &st, tmp); errno != 0 {
-		_ = removeAt(work, tmp, st.Mode&unix.S_IFMT == unix.S_IFDIR)
+	isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
+	fd, origin, errno := ofs.buildCopy(src, originOf(srcRef), &st, tmp)
+	if errno != 0 {
+		_ = removeAt(work, tmp, isDir)
 		return noRef, errno
 	}
 	// As the kernel, a copy-up leaves the parent's times as they were:
 	// the merged directory did not change.
-	var pst, nst unix.Stat_t
-	if err := fstat(dstDir, &pst); err != nil {
-		return noRef, toErrno(err)
+	var pst unix.Stat_t
+	if err = fstat(dstDir, &pst); err == nil {
+		err = ofs.renameBuilt(fd, tmp, dstDir, name, unix.RENAME_NOREPLACE)
 	}
-	err = lstatAt(work, tmp, &nst)
 	var ref realRef
 	if err == nil {
-		ref, err = refAt(ofs.upper, work, tmp, &nst)
+		ref, err = refOfFd(ofs.upper, fd, isDir)
 	}
-	if err == nil {
-		err = unix.Renameat2(work, tmp, dstDir, name, unix.RENAME_NOREPLACE)
-		if err != nil {
-			ref.close()
-		}
+	if !isDir || err != nil {
+		unix.Close(fd)
 	}
 	if err != nil {
-		_ = removeAt(work, tmp, st.Mode&unix.S_IFMT == unix.S_IFDIR)
+		_ = removeAt(work, tmp, isDir)
 		return noRef, toErrno(err)
+	}
+	if origin {
+		setImpure(dstDir)
 	}
 	keepTimes(dstDir, &pst)
 	return ref, 0
 }
 
-// buildCopy makes tmp in the work dir a copy of src.
-func (ofs *overlayFS) buildCopy(src int, srcX xpath, origin []byte, st *unix.Stat_t, tmp string) syscall.Errno {
+// refOfFd makes a realRef of the object fd refers to; a directory's ref
+// takes fd itself, an O_PATH fd.
+func refOfFd(l *layer, fd int, isDir bool) (realRef, error) {
+	if isDir {
+		return realRef{layer: l, fd: fd}, nil
+	}
+	fh, _, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+	if err != nil {
+		return noRef, err
+	}
+	return realRef{layer: l, fd: -1, fh: fh}, nil
+}
+
+// buildCopy makes tmp in the work dir a copy of src and returns an fd of
+// it (O_PATH but for a regular file) and whether it got its origin. All
+// but its creation goes through that fd.
+func (ofs *overlayFS) buildCopy(src int, origin []byte, st *unix.Stat_t, tmp string) (fd int, hasOrigin bool, errno syscall.Errno) {
+	fd, errno = ofs.makeCopy(src, st, tmp)
+	if errno != 0 {
+		return -1, false, errno
+	}
+	if hasOrigin, errno = setCopyAttrs(fd, fdXpath(src), origin, st); errno == 0 {
+		errno = copyFileattr(src, st, fd)
+	}
+	if errno != 0 {
+		unix.Close(fd)
+		return -1, false, errno
+	}
+	return fd, hasOrigin, 0
+}
+
+// makeCopy creates tmp in the work dir as src's type, with its data, and
+// returns an fd of it.
+func (ofs *overlayFS) makeCopy(src int, st *unix.Stat_t, tmp string) (int, syscall.Errno) {
 	work := ofs.workFd
 	mode := st.Mode & unix.S_IFMT
+	var err error
 	switch mode {
 	case unix.S_IFREG:
 		in, err := reopen(src, unix.O_RDONLY|unix.O_NOATIME)
@@ -202,63 +228,67 @@ func (ofs *overlayFS) buildCopy(src int, srcX xpath, origin []byte, st *unix.Sta
 			in, err = reopen(src, unix.O_RDONLY)
 		}
 		if err != nil {
-			return toErrno(err)
+			return -1, toErrno(err)
 		}
 		defer unix.Close(in)
 		out, err := unix.Openat(work, tmp, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
 		if err != nil {
-			return toErrno(err)
+			return -1, toErrno(err)
 		}
-		defer unix.Close(out)
 		if err := copyData(in, out, st.Size); err != nil {
-			return toErrno(err)
+			unix.Close(out)
+			return -1, toErrno(err)
 		}
 		// As kernel overlayfs (fsync=auto): the data is on disk before the
 		// rename makes the copy visible, so a crash shows the lower file or
 		// the whole copy, never a part.
-		if err := unix.Fdatasync(out); err != nil {
-			return toErrno(err)
+		if err := ofs.fdatasync(out); err != nil {
+			unix.Close(out)
+			return -1, toErrno(err)
 		}
+		return out, 0
 	case unix.S_IFDIR:
-		if err := unix.Mkdirat(work, tmp, 0o700); err != nil {
-			return toErrno(err)
-		}
+		err = unix.Mkdirat(work, tmp, 0o700)
 	case unix.S_IFLNK:
 		target := make([]byte, st.Size+1)
-		sz, err := unix.Readlinkat(src, "", target)
-		if err != nil {
-			return toErrno(err)
+		sz, rerr := unix.Readlinkat(src, "", target)
+		if rerr != nil {
+			return -1, toErrno(rerr)
 		}
-		if err := unix.Symlinkat(string(target[:sz]), work, tmp); err != nil {
-			return toErrno(err)
-		}
+		err = unix.Symlinkat(string(target[:sz]), work, tmp)
 	default:
-		if err := unix.Mknodat(work, tmp, st.Mode, int(st.Rdev)); err != nil {
-			return toErrno(err)
-		}
+		err = unix.Mknodat(work, tmp, st.Mode, int(st.Rdev))
 	}
-	if err := unix.Fchownat(work, tmp, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return toErrno(err)
+	if err != nil {
+		return -1, toErrno(err)
 	}
-	if mode != unix.S_IFLNK {
+	fd, err := openBuilt(work, tmp, mode, st.Rdev)
+	return fd, toErrno(err)
+}
+
+// setCopyAttrs gives the copy fd src's owner, mode, xattrs, origin and
+// times, and reports whether the origin was recorded.
+func setCopyAttrs(fd int, srcX xpath, origin []byte, st *unix.Stat_t) (bool, syscall.Errno) {
+	if err := chownFd(fd, int(st.Uid), int(st.Gid)); err != nil {
+		return false, toErrno(err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
 		// After chown, which clears set-id bits.
-		if err := unix.Fchmodat(work, tmp, st.Mode&07777, 0); err != nil {
-			return toErrno(err)
+		if err := chmodFd(fd, st.Mode); err != nil {
+			return false, toErrno(err)
 		}
 	}
-	if errno := copyXattrs(srcX, entryXpath(work, tmp)); errno != 0 {
-		return errno
+	// The /proc name of an O_PATH fd of a symlink leads to the symlink
+	// itself for the following (not the l*) xattr calls.
+	dst := fdXpath(fd)
+	if errno := copyXattrs(srcX, dst); errno != 0 {
+		return false, errno
 	}
-	if origin != nil {
-		// Best effort, as in the kernel: without it st_ino changes at the
-		// next lookup after the kernel forgets the inode.
-		_ = entryXpath(work, tmp).set(originXattr, origin, 0)
-	}
-	if errno := ofs.copyFileattr(src, st, tmp); errno != 0 {
-		return errno
-	}
+	// Best effort, as in the kernel: without it st_ino changes at the
+	// next lookup after the kernel forgets the inode.
+	hasOrigin := origin != nil && dst.set(originXattr, origin, 0) == nil
 	ts := []unix.Timespec{st.Atim, st.Mtim}
-	return toErrno(unix.UtimesNanoAt(work, tmp, ts, unix.AT_SYMLINK_NOFOLLOW))
+	return hasOrigin, toErrno(unix.UtimesNanoAt(fd, "", ts, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW))
 }
 
 // copyXattrs copies every attribute of src but the private ones to dst.

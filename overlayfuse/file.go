@@ -227,6 +227,9 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 }
 
 func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	if f.n.ofs.opts.Volatile {
+		return 0
+	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	if flags&fsyncFdatasync != 0 {

@@ -231,10 +231,10 @@ func (n *node) checkRename(ctx context.Context, name string, p2 *node, newName s
 	return p2.checkDelete(ctx, newName)
 }
 
-// copyFileattr gives tmp, the copy of src in the work dir, the flags
+// copyFileattr gives dst, the copy of src built in the work dir, the flags
 // kernel overlayfs carries over: sync and noatime as real flags,
 // immutable and append-only in protattr.
-func (ofs *overlayFS) copyFileattr(src int, st *unix.Stat_t, tmp string) syscall.Errno {
+func copyFileattr(src int, st *unix.Stat_t, dst int) syscall.Errno {
 	mode := st.Mode & unix.S_IFMT
 	if mode != unix.S_IFREG && mode != unix.S_IFDIR {
 		return 0
@@ -249,14 +249,15 @@ func (ofs *overlayFS) copyFileattr(src int, st *unix.Stat_t, tmp string) syscall
 		return toErrno(err)
 	}
 	if flags&protMask != 0 {
-		if err := entryXpath(ofs.workFd, tmp).set(protattrXattr, protattrValue(flags), 0); err != nil {
+		if err := fdXpath(dst).set(protattrXattr, protattrValue(flags), 0); err != nil {
 			return toErrno(err)
 		}
 	}
 	if flags&copyMask == 0 {
 		return 0
 	}
-	out, err := openBeneath(ofs.workFd, tmp, unix.O_RDONLY|unix.O_NONBLOCK)
+	// dst may be an O_PATH fd, which takes no ioctl: open what it names.
+	out, err := reopen(dst, unix.O_RDONLY|unix.O_NONBLOCK)
 	if err != nil {
 		return toErrno(err)
 	}

@@ -29,6 +29,9 @@ type overlayFS struct {
 	upper  *layer // nil when read-only
 	lowers []*layer
 	workFd int // O_PATH fd of <work>/work, -1 when read-only
+	// workLockFd is the work dir, held with its in-use lock (the upper
+	// layer's fd holds the upper dir's).
+	workLockFd int
 
 	server  *fuse.Server
 	root    *node
@@ -49,9 +52,10 @@ type overlayFS struct {
 	// passthrough: the kernel takes backing files on this mount.
 	passthrough bool
 
-	// whName is the shared whiteout in the work dir (whiteout.go).
-	whMu   sync.Mutex
-	whName string
+	// whFd is an O_PATH fd of the shared whiteout in the work dir
+	// (whiteout.go), -1 until one is made.
+	whMu sync.Mutex
+	whFd int
 
 	// locks are the file locks, by inode number (locks.go).
 	locks lockTables
@@ -72,11 +76,13 @@ func newOverlayFS(layers Layers, opts Options) (*overlayFS, error) {
 		return nil, errors.New("upperdir and workdir go together")
 	}
 	ofs := &overlayFS{
-		opts:    opts,
-		workFd:  -1,
-		fsIndex: map[uint64]uint64{},
-		nodes:   map[uint64]*node{},
-		gens:    map[uint64]uint64{},
+		opts:       opts,
+		workFd:     -1,
+		workLockFd: -1,
+		whFd:       -1,
+		fsIndex:    map[uint64]uint64{},
+		nodes:      map[uint64]*node{},
+		gens:       map[uint64]uint64{},
 	}
 	fail := func(err error) (*overlayFS, error) {
 		ofs.close()
@@ -89,11 +95,22 @@ func newOverlayFS(layers Layers, opts Options) (*overlayFS, error) {
 		}
 		ofs.upper = up
 		ofs.indexFS(up.dev)
-		wfd, err := openWork(layers.Work, up.dev)
+		if err := lockInUse("upperdir", layers.Upper, up.fd); err != nil {
+			return fail(err)
+		}
+		lfd, wfd, err := openWork(layers.Work, up.dev)
+		if lfd >= 0 {
+			ofs.workLockFd = lfd
+		}
 		if err != nil {
 			return fail(err)
 		}
 		ofs.workFd = wfd
+		if opts.Volatile {
+			if err := markVolatile(wfd); err != nil {
+				return fail(fmt.Errorf("workdir %s: volatile mark: %w", layers.Work, err))
+			}
+		}
 	}
 	for _, p := range layers.Lower {
 		if p == "" {
@@ -112,32 +129,61 @@ func newOverlayFS(layers Layers, opts Options) (*overlayFS, error) {
 }
 
 // openWork prepares <work>/work on the upper's filesystem and empties it
-// of what an interrupted copy-up left.
-func openWork(work string, upperDev uint64) (int, error) {
-	wfd, err := unix.Open(work, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+// of what an interrupted copy-up left. It returns the fd of the work dir
+// that holds its in-use lock, taken before anything is emptied, and an
+// O_PATH fd of <work>/work.
+func openWork(work string, upperDev uint64) (lockFd, workFd int, err error) {
+	wfd, err := unix.Open(work, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return -1, fmt.Errorf("open workdir %s: %w", work, err)
+		return -1, -1, fmt.Errorf("open workdir %s: %w", work, err)
 	}
-	defer unix.Close(wfd)
+	if err := lockInUse("workdir", work, wfd); err != nil {
+		unix.Close(wfd)
+		return -1, -1, err
+	}
 	var st unix.Stat_t
 	if err := fstat(wfd, &st); err != nil {
-		return -1, fmt.Errorf("stat workdir %s: %w", work, err)
+		return wfd, -1, fmt.Errorf("stat workdir %s: %w", work, err)
 	}
 	if uint64(st.Dev) != upperDev {
-		return -1, fmt.Errorf("workdir %s is not on the upperdir's filesystem", work)
+		return wfd, -1, fmt.Errorf("workdir %s is not on the upperdir's filesystem", work)
 	}
 	if err := unix.Mkdirat(wfd, workSubdir, 0o700); err != nil && err != unix.EEXIST {
-		return -1, fmt.Errorf("workdir %s: %w", work, err)
+		return wfd, -1, fmt.Errorf("workdir %s: %w", work, err)
 	}
 	fd, err := openBeneath(wfd, workSubdir, unix.O_PATH|unix.O_DIRECTORY)
 	if err != nil {
-		return -1, fmt.Errorf("workdir %s: %w", work, err)
+		return wfd, -1, fmt.Errorf("workdir %s: %w", work, err)
+	}
+	if err := checkIncompat(work, fd); err != nil {
+		unix.Close(fd)
+		return wfd, -1, err
 	}
 	if err := removeChildren(fd); err != nil {
 		unix.Close(fd)
-		return -1, fmt.Errorf("clean workdir %s: %w", work, err)
+		return wfd, -1, fmt.Errorf("clean workdir %s: %w", work, err)
 	}
-	return fd, nil
+	return wfd, fd, nil
+}
+
+// lockInUse takes the exclusive lock of directory fd that marks it in
+// use by a mount, as kernel overlayfs refuses an upper or work dir that
+// another overlay uses (EBUSY). The lock is an flock, so it holds across
+// processes and between two mounts of one process, and goes with the
+// mount's fd, whatever way the mount ends.
+func lockInUse(what, path string, fd int) error {
+	for {
+		err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		switch err {
+		case nil:
+			return nil
+		case unix.EINTR:
+			continue
+		case unix.EWOULDBLOCK:
+			return fmt.Errorf("%s %s is in use by another overlayfuse mount: %w", what, path, unix.EBUSY)
+		}
+		return fmt.Errorf("lock %s %s: %w", what, path, err)
+	}
 }
 
 func (ofs *overlayFS) indexFS(dev uint64) {
@@ -157,13 +203,23 @@ func (ofs *overlayFS) close() {
 	for _, l := range ofs.lowers {
 		l.close()
 	}
-	if ofs.workFd >= 0 {
-		unix.Close(ofs.workFd)
-		ofs.workFd = -1
+	for _, fd := range []*int{&ofs.workFd, &ofs.whFd, &ofs.workLockFd} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
 	}
 }
 
 func (ofs *overlayFS) readOnly() bool { return ofs.upper == nil }
+
+// fdatasync flushes fd's data, unless the mount is volatile.
+func (ofs *overlayFS) fdatasync(fd int) error {
+	if ofs.opts.Volatile {
+		return nil
+	}
+	return unix.Fdatasync(fd)
+}
 
 func (ofs *overlayFS) fsOptions() *fs.Options {
 	timeout := cacheTimeout

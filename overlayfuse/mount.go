@@ -6,6 +6,7 @@ package overlayfuse
 import (
 	"fmt"
 	"os"
+	"sync"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -17,6 +18,8 @@ type Server struct {
 	fuse       *fuse.Server
 	ofs        *overlayFS
 	mountpoint string
+	// ended runs once the server has stopped.
+	ended sync.Once
 }
 
 // Mount serves layers at mountpoint until Unmount. It returns once the
@@ -81,6 +84,7 @@ func (s *Server) Unmount() error {
 		}
 	}
 	s.fuse.Wait()
+	s.ended.Do(s.ofs.endVolatile)
 	s.ofs.close()
 	return err
 }
@@ -88,6 +92,7 @@ func (s *Server) Unmount() error {
 // Wait blocks until the mount is unmounted (also from outside).
 func (s *Server) Wait() {
 	s.fuse.Wait()
+	s.ended.Do(s.ofs.endVolatile)
 }
 
 // PassthroughActive reports whether file I/O is passed through to the

@@ -73,42 +73,43 @@ func (n *node) prepareNew(ctx context.Context, name string) (ne newEntry, errno 
 	return ne, 0
 }
 
-// place moves tmp, built in the work dir, to name: over the upper
-// whiteout (whose removal then follows) or to a free name.
-func (ofs *overlayFS) place(tmp string, ne newEntry, name string) syscall.Errno {
+// place moves tmp, built in the work dir and held as fd, to name: over
+// the upper whiteout (whose removal then follows) or to a free name.
+func (ofs *overlayFS) place(fd int, tmp string, ne newEntry, name string) syscall.Errno {
+	flags := uint(unix.RENAME_NOREPLACE)
 	if ne.overWhiteout {
-		if err := unix.Renameat2(ofs.workFd, tmp, ne.dir, name, unix.RENAME_EXCHANGE); err != nil {
-			_ = removeAt(ofs.workFd, tmp, true)
-			return toErrno(err)
-		}
-		_ = unix.Unlinkat(ofs.workFd, tmp, 0)
-		return 0
+		flags = unix.RENAME_EXCHANGE
 	}
-	if err := unix.Renameat2(ofs.workFd, tmp, ne.dir, name, unix.RENAME_NOREPLACE); err != nil {
+	if err := ofs.renameBuilt(fd, tmp, ne.dir, name, flags); err != nil {
 		_ = removeAt(ofs.workFd, tmp, true)
 		return toErrno(err)
+	}
+	if ne.overWhiteout {
+		_ = unix.Unlinkat(ofs.workFd, tmp, 0)
 	}
 	return 0
 }
 
-// own gives a new object its creator's owner; chown drops set-id bits,
-// so mode is set again where it has them.
-func own(dirfd int, name string, ne newEntry, mode uint32) error {
+// own gives a new object, held as fd, its creator's owner; chown drops
+// set-id bits, so mode is set again where it has them.
+func own(fd int, ne newEntry, mode uint32) error {
 	if ne.uid > 0 || ne.gid > 0 {
-		if err := unix.Fchownat(dirfd, name, ne.uid, ne.gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := chownFd(fd, ne.uid, ne.gid); err != nil {
 			return err
 		}
 		if mode&(unix.S_ISUID|unix.S_ISGID) != 0 && mode&unix.S_IFMT != unix.S_IFLNK {
-			return unix.Fchmodat(dirfd, name, mode&07777, 0)
+			return chmodFd(fd, mode)
 		}
 	}
 	return nil
 }
 
 // makeNew creates one object with mk, in the work dir when it must
-// replace a whiteout, and returns its new node.
-func (n *node) makeNew(ctx context.Context, name string, mode uint32, out *fuse.EntryOut,
-	mk func(dirfd int, name string) error) (*fs.Inode, syscall.Errno) {
+// replace a whiteout, and returns its new node. mk returns an fd of what
+// it made when it has one (a created file), else -1, and the object is
+// then opened as what it must be, never followed.
+func (n *node) makeNew(ctx context.Context, name string, mode uint32, rdev uint32, out *fuse.EntryOut,
+	mk func(dirfd int, name string) (int, error)) (*fs.Inode, syscall.Errno) {
 	ne, errno := n.prepareNew(ctx, name)
 	if errno != 0 {
 		return nil, errno
@@ -121,27 +122,30 @@ func (n *node) makeNew(ctx context.Context, name string, mode uint32, out *fuse.
 	if ne.overWhiteout {
 		dir, at = n.ofs.workFd, n.ofs.tmpName()
 	}
-	if err := mk(dir, at); err != nil {
+	fd, err := mk(dir, at)
+	if err != nil {
 		return nil, toErrno(err)
 	}
-	if err := own(dir, at, ne, mode); err != nil {
+	if fd < 0 {
+		if fd, err = openBuilt(dir, at, mode&unix.S_IFMT, uint64(rdev)); err != nil {
+			_ = removeAt(dir, at, true)
+			return nil, toErrno(err)
+		}
+		defer unix.Close(fd)
+	}
+	if err := own(fd, ne, mode); err != nil {
 		_ = removeAt(dir, at, true)
 		return nil, toErrno(err)
 	}
 	if ne.overWhiteout {
 		if mode&unix.S_IFMT == unix.S_IFDIR {
 			// A directory made over a deleted one hides what was below.
-			fd, err := openPath(dir, at)
-			if err == nil {
-				err = setOpaque(fd)
-				unix.Close(fd)
-			}
-			if err != nil {
+			if err := setOpaque(fd); err != nil {
 				_ = removeAt(dir, at, true)
 				return nil, toErrno(err)
 			}
 		}
-		if errno := n.ofs.place(at, ne, name); errno != 0 {
+		if errno := n.ofs.place(fd, at, ne, name); errno != 0 {
 			return nil, errno
 		}
 	}
@@ -171,8 +175,8 @@ func (n *node) newChild(ctx context.Context, name string, created bool, out *fus
 }
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	return n.makeNew(ctx, name, mode|unix.S_IFDIR, out, func(dirfd int, name string) error {
-		return unix.Mkdirat(dirfd, name, mode)
+	return n.makeNew(ctx, name, mode|unix.S_IFDIR, 0, out, func(dirfd int, name string) (int, error) {
+		return -1, unix.Mkdirat(dirfd, name, mode)
 	})
 }
 
@@ -181,24 +185,36 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 		// As kernel overlayfs: a 0/0 device is a whiteout on disk.
 		return nil, syscall.EPERM
 	}
-	return n.makeNew(ctx, name, mode, out, func(dirfd int, name string) error {
-		return unix.Mknodat(dirfd, name, mode, int(dev))
+	fd := -1
+	defer func() {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}()
+	return n.makeNew(ctx, name, mode, dev, out, func(dirfd int, name string) (int, error) {
+		if mode&unix.S_IFMT == unix.S_IFREG {
+			// Made by O_EXCL, whose fd is the new file for sure.
+			var err error
+			fd, err = unix.Openat(dirfd, name, unix.O_CREAT|unix.O_EXCL|unix.O_RDONLY|unix.O_CLOEXEC, mode&07777)
+			return fd, err
+		}
+		return -1, unix.Mknodat(dirfd, name, mode, int(dev))
 	})
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	return n.makeNew(ctx, name, unix.S_IFLNK, out, func(dirfd int, name string) error {
-		return unix.Symlinkat(target, dirfd, name)
+	return n.makeNew(ctx, name, unix.S_IFLNK, 0, out, func(dirfd int, name string) (int, error) {
+		return -1, unix.Symlinkat(target, dirfd, name)
 	})
 }
 
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
 	var fd int = -1
 	flags &^= unix.O_EXCL | unix.O_CREAT | unix.O_TRUNC
-	ch, errno := n.makeNew(ctx, name, mode|unix.S_IFREG, out, func(dirfd int, name string) error {
+	ch, errno := n.makeNew(ctx, name, mode|unix.S_IFREG, 0, out, func(dirfd int, name string) (int, error) {
 		var err error
 		fd, err = unix.Openat(dirfd, name, int(flags)|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, mode&07777)
-		return err
+		return fd, err
 	})
 	if errno != 0 {
 		if fd >= 0 {
@@ -233,11 +249,16 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if ne.overWhiteout {
 		dir, at = n.ofs.workFd, n.ofs.tmpName()
 	}
-	if err := linkRef(t.upperRef(), dir, at); err != nil {
+	tfd, done, err := t.upperRef().pathFd()
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	defer done()
+	if err := unix.Linkat(tfd, "", dir, at, unix.AT_EMPTY_PATH); err != nil {
 		return nil, toErrno(err)
 	}
 	if ne.overWhiteout {
-		if errno := n.ofs.place(at, ne, name); errno != 0 {
+		if errno := n.ofs.place(tfd, at, ne, name); errno != 0 {
 			return nil, errno
 		}
 	}

@@ -60,6 +60,14 @@ type Options struct {
 	// dev, exec). The overlay mounts suid and dev, as kernel overlayfs
 	// does: a container's setuid programs and device nodes must work.
 	MountFlags []string
+	// Volatile drops every fsync, fdatasync and syncfs on the way to the
+	// upper filesystem (file and directory fsync, copy-up's fdatasync),
+	// as kernel overlayfs' volatile option: faster, but after a crash the
+	// upper dir may be inconsistent and must be thrown away. The mount
+	// leaves <work>/work/incompat/volatile, as the kernel does, so that
+	// neither it nor we mount such an upper again until it is removed; a
+	// clean unmount syncs the upper and removes it.
+	Volatile bool
 }
 
 func (o *Options) setDefaults() error {

@@ -16,6 +16,10 @@ import (
 
 const (
 	originXattr = "trusted.overlay.origin"
+	// impureXattr marks an upper directory that holds entries with an
+	// origin (or redirect): kernel overlayfs then looks up their origin
+	// for the d_ino its readdir shows, so that it matches st_ino.
+	impureXattr = "trusted.overlay.impure"
 
 	ovlFhVersion = 0
 	ovlFhMagic   = 0xfb
@@ -96,4 +100,23 @@ func (ofs *overlayFS) upperIno(dirfd int, name string, st *unix.Stat_t) uint64 {
 		}
 	}
 	return ofs.ino(st.Dev, st.Ino)
+}
+
+// setImpure marks upper directory fd impure, as the kernel does when it
+// copies up a child with an origin or renames one into it
+// (ovl_set_impure). Best effort, as there: it only affects d_ino.
+func setImpure(fd int) {
+	var buf [1]byte
+	if n, err := fgetxattr(fd, impureXattr, buf[:]); err == nil && n == 1 && buf[0] == 'y' {
+		return
+	}
+	_ = fsetxattr(fd, impureXattr, []byte("y"), 0)
+}
+
+// markImpureFor marks upper directory dirfd impure if its entry name has
+// an origin.
+func markImpureFor(dirfd int, name string) {
+	if _, err := entryXpath(dirfd, name).get(originXattr, nil); err == nil {
+		setImpure(dirfd)
+	}
 }

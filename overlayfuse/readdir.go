@@ -243,7 +243,7 @@ func numberEntries(ents []fuse.DirEntry) {
 
 func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 	up := d.n.upperRef()
-	if !up.valid() {
+	if !up.valid() || d.n.ofs.opts.Volatile {
 		return 0
 	}
 	dfd, err := up.open(unix.O_RDONLY | unix.O_DIRECTORY)

@@ -138,6 +138,14 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	if err != nil {
 		return toErrno(err)
 	}
+	if n != p2 {
+		// As the kernel: a directory that an entry with an origin moved
+		// into is impure.
+		markImpureFor(d2, newName)
+		if exchange {
+			markImpureFor(d1, name)
+		}
+	}
 	// A directory now standing where a lower layer has the name must not
 	// merge with it.
 	if srcDir && dstLower {
@@ -257,17 +265,7 @@ func (ofs *overlayFS) copyUpTreeEntry(upper realRef, lowers []realRef, name stri
 				return toErrno(linkRef(live.upperRef(), ufd, name))
 			}
 		}
-		srcDir, srcDone := -1, nop
-		for _, l := range lowers {
-			if l.layer == e.lowers[0].layer {
-				if srcDir, srcDone, err = l.pathFd(); err != nil {
-					done()
-					return toErrno(err)
-				}
-			}
-		}
-		r, errno := ofs.copyUpObject(e.lowers[0], entryXpath(srcDir, name), ufd, name)
-		srcDone()
+		r, errno := ofs.copyUpObject(e.lowers[0], ufd, name)
 		done()
 		if errno != 0 {
 			return errno

@@ -40,24 +40,32 @@ func mkWhiteout(dirfd int, name string) error {
 // whiteout makes a whiteout at name in dirfd, which must be free: a hard
 // link of the mount's shared whiteout in the work dir, as kernel overlayfs
 // does, since a new device inode for every deleted name costs many times
-// a link (rm -rf of a lower tree is all whiteouts).
+// a link (rm -rf of a lower tree is all whiteouts). It links from an fd of
+// the shared whiteout, never by its name, which anyone who can write the
+// work dir could have swapped for another file.
 func (ofs *overlayFS) whiteout(dirfd int, name string) error {
 	ofs.whMu.Lock()
 	defer ofs.whMu.Unlock()
 	for range 2 {
-		if ofs.whName == "" {
+		if ofs.whFd < 0 {
 			tmp := ofs.tmpName()
 			if err := mkWhiteout(ofs.workFd, tmp); err != nil {
 				return err
 			}
-			ofs.whName = tmp
+			fd, err := openBuilt(ofs.workFd, tmp, unix.S_IFCHR, 0)
+			if err != nil {
+				return mkWhiteout(dirfd, name)
+			}
+			ofs.whFd = fd
 		}
-		err := unix.Linkat(ofs.workFd, ofs.whName, dirfd, name, 0)
+		err := unix.Linkat(ofs.whFd, "", dirfd, name, unix.AT_EMPTY_PATH)
 		switch err {
 		case nil:
 			return nil
 		case unix.EMLINK, unix.ENOENT:
-			ofs.whName = "" // full, or gone: make another
+			// Full, or gone: make another.
+			unix.Close(ofs.whFd)
+			ofs.whFd = -1
 		default:
 			return mkWhiteout(dirfd, name)
 		}
@@ -69,12 +77,23 @@ func (ofs *overlayFS) whiteout(dirfd int, name string) error {
 // and returns the name in the work dir the old entry went to.
 func (ofs *overlayFS) swapForWhiteout(dirfd int, name string) (string, error) {
 	tmp := ofs.tmpName()
+	err := unix.Renameat2(dirfd, name, ofs.workFd, tmp, unix.RENAME_WHITEOUT)
+	if err != unix.EINVAL {
+		return tmp, err
+	}
+	// No RENAME_WHITEOUT on this filesystem: exchange with a whiteout
+	// made in the work dir, then check that it was ours that went.
 	if err := ofs.whiteout(ofs.workFd, tmp); err != nil {
 		return "", err
 	}
+	var st unix.Stat_t
 	if err := unix.Renameat2(ofs.workFd, tmp, dirfd, name, unix.RENAME_EXCHANGE); err != nil {
 		_ = unix.Unlinkat(ofs.workFd, tmp, 0)
 		return "", err
+	}
+	if lstatAt(dirfd, name, &st) != nil || !isWhiteout(&st) {
+		_ = unix.Renameat2(ofs.workFd, tmp, dirfd, name, unix.RENAME_EXCHANGE)
+		return "", unix.EIO
 	}
 	return tmp, nil
 }

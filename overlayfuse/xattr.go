@@ -164,39 +164,11 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	return toErrno(x.remove(attr))
 }
 
-// xattrTarget names r, a real object of n, for the xattr calls: through
-// an fd, or a symlink through its entry in its directory of r's layer.
+// xattrTarget names r, a real object of n, for the xattr calls, through
+// an O_PATH fd of it: never by its name, which may have been swapped
+// since. The /proc name of an O_PATH fd of a symlink leads to the symlink
+// itself.
 func (n *node) xattrTarget(r realRef) (xpath, func(), error) {
-	if n.StableAttr().Mode != syscall.S_IFLNK {
-		fd, done, err := r.pathFd()
-		return fdXpath(fd), done, err
-	}
-	name, parent := n.parentNode()
-	if parent == nil {
-		return xpath{}, nil, syscall.ESTALE
-	}
-	dirfd, done, err := parent.layerDirFd(r.layer)
-	if err != nil {
-		return xpath{}, nil, err
-	}
-	if dirfd < 0 {
-		return xpath{}, nil, syscall.ESTALE
-	}
-	return entryXpath(dirfd, name), done, nil
-}
-
-// layerDirFd is directory n's fd in layer l, -1 if l has no part of it,
-// and the function that releases it.
-func (n *node) layerDirFd(l *layer) (int, func(), error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.upper.valid() && n.upper.layer == l {
-		return n.upper.pathFd()
-	}
-	for _, r := range n.lowers {
-		if r.layer == l {
-			return r.pathFd()
-		}
-	}
-	return -1, nop, nil
+	fd, done, err := r.pathFd()
+	return fdXpath(fd), done, err
 }

@@ -132,8 +132,8 @@ var genericOptions = map[string]string{
 var unsupportedOptions = map[string]bool{
 	"squash_to_root": true, "squash_to_uid": true, "squash_to_gid": true,
 	"uidmapping": true, "gidmapping": true, "noxattrs": true, "xattr_permissions": true,
-	"plugins": true, "volatile": true, "redirect_dir": true, "index": true,
-	"metacopy": true, "xino": true, "userxattr": true, "nfs_export": true,
+	"plugins": true, "redirect_dir": true, "index": true,
+	"metacopy": true, "userxattr": true, "nfs_export": true,
 	"context": true, "fscontext": true, "defcontext": true, "rootcontext": true,
 }
 
@@ -208,6 +208,24 @@ func (c *config) applyOption(kv string) error {
 		}
 		c.Opts.FsName = val
 		return nil
+	case "volatile":
+		if hasVal {
+			return fmt.Errorf("option %s takes no value", key)
+		}
+		c.Opts.Volatile = true
+		return nil
+	case "xino":
+		// Inode numbers are always unique across layers here (the
+		// layer's filesystem index in the top bits) and stable across
+		// copy-up: on and auto are what we do anyway, and off cannot
+		// make them collide, so all three are accepted and change
+		// nothing.
+		switch val {
+		case "auto", "on", "off":
+			c.Ignored = append(c.Ignored, kv)
+			return nil
+		}
+		return fmt.Errorf("xino=%s: want auto, on or off", val)
 	case "subtype":
 		// The type is always fuse.overlayfuse; mount.fuse3 may name it.
 		c.Ignored = append(c.Ignored, kv)

@@ -53,6 +53,13 @@ func TestParseArgs(t *testing.T) {
 		args: []string{"-o", "ro,,lowerdir=/a,rw,x-systemd.automount,_netdev,defaults,allow_other,default_permissions,", "--", "/m"},
 		want: config{Mountpoint: "/m", Layers: overlayfuse.Layers{Lower: []string{"/a"}},
 			Ignored: []string{"x-systemd.automount", "_netdev"}},
+	}, {
+		// kernel overlayfs' and fuse-overlayfs' drop-in options.
+		name: "volatile and xino",
+		args: []string{"-o", "lowerdir=/a,upperdir=/u,workdir=/w,volatile,xino=auto,xino=on,xino=off", "/m"},
+		want: config{Mountpoint: "/m", Layers: overlayfuse.Layers{Lower: []string{"/a"}, Upper: "/u", Work: "/w"},
+			Opts:    overlayfuse.Options{Volatile: true},
+			Ignored: []string{"xino=auto", "xino=on", "xino=off"}},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := parseArgs(tc.args)
@@ -87,6 +94,8 @@ func TestParseArgsErrors(t *testing.T) {
 		{[]string{"-o", "lowerdir=/a,squash_to_root", "/m"}, "not supported"},
 		{[]string{"-o", "lowerdir=/a,uidmapping=0:1000:1", "/m"}, "not supported"},
 		{[]string{"-o"}, "-o needs an argument"},
+		{[]string{"-o", "lowerdir=/a,xino=maybe", "/m"}, "want auto, on or off"},
+		{[]string{"-o", "lowerdir=/a,volatile=1", "/m"}, "takes no value"},
 	} {
 		_, err := parseArgs(tc.args)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

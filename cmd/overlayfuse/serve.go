@@ -45,6 +45,11 @@ func serve(c *config, logger *log.Logger, ready func(error)) int {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
+	// A log write to a closed pipe (`overlayfuse -d … | head`) must fail,
+	// not kill the process: a thread of ours may be inside a request on
+	// our own mount (go-fuse's WaitMount opens a file there), and a dying
+	// process then waits for itself, unkillable, keeping the mount.
+	signal.Ignore(syscall.SIGPIPE)
 
 	raiseFileLimit()
 	opts := c.Opts
