@@ -169,8 +169,7 @@ func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (rea
 	var ref realRef
 	if err == nil {
 		ref, err = refOfFd(ofs.upper, fd, isDir)
-	}
-	if !isDir || err != nil {
+	} else {
 		unix.Close(fd)
 	}
 	if err != nil {
@@ -184,12 +183,13 @@ func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (rea
 	return ref, 0
 }
 
-// refOfFd makes a realRef of the object fd refers to; a directory's ref
-// takes fd itself, an O_PATH fd.
+// refOfFd makes a realRef of the object fd refers to, and takes fd: a
+// directory's (an O_PATH fd) goes to the ref, any other is closed.
 func refOfFd(l *layer, fd int, isDir bool) (realRef, error) {
 	if isDir {
-		return realRef{layer: l, fd: fd}, nil
+		return dirRef(l, fd)
 	}
+	defer unix.Close(fd)
 	fh, _, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
 	if err != nil {
 		return noRef, err

@@ -31,27 +31,34 @@ func refAt(l *layer, dirfd int, name string, st *unix.Stat_t) (realRef, error) {
 		if err != nil {
 			return noRef, err
 		}
-		if !l.handles {
-			return realRef{layer: l, fd: fd}, nil
-		}
-		// The handle of what was opened, not of what the name is now.
-		fh, mnt, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
-		if err != nil {
-			unix.Close(fd)
-			return noRef, err
-		}
-		if mnt != l.mountID {
-			// A mount inside the layer: the layer's mount cannot
-			// decode the handle.
-			return realRef{layer: l, fd: fd}, nil
-		}
-		return realRef{layer: l, fd: -1, fh: fh, dir: dirFds.add(l, fh, fd)}, nil
+		return dirRef(l, fd)
 	}
 	fh, _, err := unix.NameToHandleAt(dirfd, name, 0)
 	if err != nil {
 		return noRef, err
 	}
 	return realRef{layer: l, fd: -1, fh: fh}, nil
+}
+
+// dirRef makes a realRef of the directory O_PATH fd refers to, and takes
+// fd: into the fd cache, or kept for the ref's life where no handle can
+// reopen it. On error fd is closed.
+func dirRef(l *layer, fd int) (realRef, error) {
+	if !l.handles {
+		return realRef{layer: l, fd: fd}, nil
+	}
+	// The handle of what was opened, not of what the name is now.
+	fh, mnt, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+	if err != nil {
+		unix.Close(fd)
+		return noRef, err
+	}
+	if mnt != l.mountID {
+		// A mount inside the layer: the layer's mount cannot
+		// decode the handle.
+		return realRef{layer: l, fd: fd}, nil
+	}
+	return realRef{layer: l, fd: -1, fh: fh, dir: dirFds.add(l, fh, fd)}, nil
 }
 
 func nop() {}
