@@ -25,11 +25,6 @@ var (
 	_ fs.FileSetlkwer = (*file)(nil)
 )
 
-// lkFlushOwner, in the flags of a GETLK that rawFS.Flush sends to the
-// bridge (which the kernel never sets), asks the handle to drop the POSIX
-// locks of the owner.
-const lkFlushOwner = 1 << 31
-
 // lockOwners are the owners that took locks through one handle.
 type lockOwners struct {
 	mu    sync.Mutex
@@ -51,24 +46,24 @@ func (o *lockOwners) add(owner uint64, flock bool) {
 }
 
 // Flush drops the closing process's POSIX locks on the file. An owner
-// without any is answered here; the bridge's Flush would not show the
-// owner, so GETLK, which reaches the same handle with it, carries it.
+// without any is answered at once; otherwise the file's inode number,
+// which keys the locks, comes from a GETATTR of the same handle.
 func (r *rawFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
 	if !r.ofs.locks.ownerHoldsPosix(in.LockOwner) {
 		return fuse.OK
 	}
-	lk := fuse.LkIn{InHeader: in.InHeader, Fh: in.Fh, Owner: in.LockOwner, LkFlags: lkFlushOwner}
-	var out fuse.LkOut
-	return r.RawFileSystem.GetLk(cancel, &lk, &out)
+	var out fuse.AttrOut
+	ga := fuse.GetAttrIn{InHeader: in.InHeader, Flags_: fuse.FUSE_GETATTR_FH, Fh_: in.Fh}
+	if s := r.RawFileSystem.GetAttr(cancel, &ga, &out); s != fuse.OK {
+		return s
+	}
+	r.ofs.locks.unlockOwner(out.Ino, in.LockOwner, false)
+	return fuse.OK
 }
 
 func (f *file) ino() uint64 { return f.n.StableAttr().Ino }
 
 func (f *file) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
-	if flags&lkFlushOwner != 0 {
-		f.n.ofs.locks.unlockOwner(f.ino(), owner, false)
-		return 0
-	}
 	f.n.ofs.locks.getlk(f.ino(), owner, lk, flags&fuse.FUSE_LK_FLOCK != 0, out)
 	return 0
 }
