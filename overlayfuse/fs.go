@@ -198,6 +198,19 @@ func (ofs *overlayFS) ino(dev, ino uint64) uint64 {
 	return ino ^ ofs.fsIndex[dev]<<56
 }
 
+// end runs once the server has stopped, by an unmount, from outside too,
+// or an aborted connection: the upper and work dirs are free for the next
+// mount from then on, as after a crash.
+func (ofs *overlayFS) end() {
+	ofs.endVolatile()
+	if ofs.upper != nil && ofs.upper.fd >= 0 {
+		_ = unix.Flock(ofs.upper.fd, unix.LOCK_UN)
+	}
+	if ofs.workLockFd >= 0 {
+		_ = unix.Flock(ofs.workLockFd, unix.LOCK_UN)
+	}
+}
+
 func (ofs *overlayFS) close() {
 	ofs.upper.close()
 	for _, l := range ofs.lowers {

@@ -84,7 +84,7 @@ func (s *Server) Unmount() error {
 		}
 	}
 	s.fuse.Wait()
-	s.ended.Do(s.ofs.endVolatile)
+	s.ended.Do(s.ofs.end)
 	s.ofs.close()
 	return err
 }
@@ -92,7 +92,7 @@ func (s *Server) Unmount() error {
 // Wait blocks until the mount is unmounted (also from outside).
 func (s *Server) Wait() {
 	s.fuse.Wait()
-	s.ended.Do(s.ofs.endVolatile)
+	s.ended.Do(s.ofs.end)
 }
 
 // PassthroughActive reports whether file I/O is passed through to the
