@@ -56,6 +56,11 @@ func (n *node) copyUpLocked() syscall.Errno {
 	}
 	defer dstDone()
 	up, errno := n.ofs.copyUpObject(src, dstDir, name)
+	if errno == syscall.EEXIST {
+		// The name went (a whiteout) or shows another file now: the
+		// kernel looked n up before that, and n has no name to copy to.
+		return syscall.ENOENT
+	}
 	if errno != 0 {
 		return errno
 	}
