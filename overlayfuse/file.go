@@ -174,6 +174,13 @@ func (f *file) readFd() (int, syscall.Errno) {
 		return f.fd, 0
 	}
 	nfd, err := up.open(int(f.flags &^ unix.O_TRUNC))
+	if err == unix.ESTALE {
+		// The copy lost its last name before this handle moved over
+		// and cannot be opened any more: keep reading what the
+		// handle had, never ESTALE on an open descriptor.
+		f.upper = true
+		return f.fd, 0
+	}
 	if err != nil {
 		return -1, toErrno(err)
 	}
