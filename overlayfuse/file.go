@@ -178,7 +178,6 @@ func (f *file) readFd() (int, syscall.Errno) {
 		// The copy lost its last name before this handle moved over
 		// and cannot be opened any more: keep reading what the
 		// handle had, never ESTALE on an open descriptor.
-		f.upper = true
 		return f.fd, 0
 	}
 	if err != nil {
