@@ -50,8 +50,7 @@ func (n *node) protFlags() uint32 {
 	if upper {
 		p, err = n.protattr(r)
 	} else {
-		p, err = realFlags(r, n.StableAttr().Mode)
-		p &= protMask
+		p, err = lowerProt(r)
 	}
 	if err != nil {
 		// Not known: no flags, and ask again next time.
@@ -111,24 +110,28 @@ func protattrValue(flags uint32) []byte {
 	return v
 }
 
-// realFlags reads the inode flags of r, a regular file or directory
-// (others have none we can read without opening a device).
-func realFlags(r realRef, mode uint32) (uint32, error) {
-	var flags int
-	switch mode & unix.S_IFMT {
-	case unix.S_IFREG:
-		flags = unix.O_RDONLY | unix.O_NONBLOCK
-	case unix.S_IFDIR:
-		flags = unix.O_RDONLY | unix.O_DIRECTORY
-	default:
-		return 0, nil
-	}
-	fd, err := r.open(flags)
+// lowerProt reads the immutable and append-only flags of r from statx,
+// which answers them for an O_PATH fd of any type, without opening the
+// file itself.
+func lowerProt(r realRef) (uint32, error) {
+	fd, done, err := r.pathFd()
 	if err != nil {
 		return 0, err
 	}
-	defer unix.Close(fd)
-	return getFlags(fd)
+	defer done()
+	var stx unix.Statx_t
+	const at = unix.AT_EMPTY_PATH | unix.AT_SYMLINK_NOFOLLOW | unix.AT_STATX_DONT_SYNC
+	if err := unix.Statx(fd, "", at, 0, &stx); err != nil {
+		return 0, err
+	}
+	var p uint32
+	if stx.Attributes&unix.STATX_ATTR_IMMUTABLE != 0 {
+		p |= fsImmutableFl
+	}
+	if stx.Attributes&unix.STATX_ATTR_APPEND != 0 {
+		p |= fsAppendFl
+	}
+	return p, nil
 }
 
 func getFlags(fd int) (uint32, error) {
