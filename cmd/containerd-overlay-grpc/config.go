@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/pelletier/go-toml/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/overlayfuse/overlayfuse/overlayfuse"
 )
@@ -87,7 +88,9 @@ func parseArgs(args []string, usage io.Writer) (options, error) {
 			return o, err
 		}
 	}
+	flagged := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) {
+		flagged[f.Name] = true
 		switch f.Name {
 		case "address":
 			o.config.Address = flags.Address
@@ -101,7 +104,13 @@ func parseArgs(args []string, usage io.Writer) (options, error) {
 			o.config.Consistency = flags.Consistency
 		}
 	})
-	return o, o.config.validate()
+	err := o.config.validate()
+	// A bad value that came from the file is reported with the file's name.
+	var ve *valueError
+	if errors.As(err, &ve) && configFile != "" && !flagged[ve.key] {
+		err = fmt.Errorf("config %s: key %w", configFile, err)
+	}
+	return o, err
 }
 
 func loadConfigFile(path string, c *config) error {
@@ -130,27 +139,43 @@ func loadConfigFile(path string, c *config) error {
 	return nil
 }
 
+// maxSocketPath is the longest path a unix socket can be bound to:
+// sun_path holds 108 bytes, the terminating NUL included.
+const maxSocketPath = len(unix.RawSockaddrUnix{}.Path) - 1
+
+// valueError is a bad value of one key (a flag name and config file key).
+type valueError struct {
+	key, value, want string
+}
+
+func (e *valueError) Error() string {
+	return fmt.Sprintf("%s %q: %s", e.key, e.value, e.want)
+}
+
 func (c config) validate() error {
 	if c.Address == "" {
-		return errors.New("address must not be empty")
+		return &valueError{"address", c.Address, "want a socket path"}
+	}
+	if len(c.Address) > maxSocketPath {
+		return &valueError{"address", c.Address, fmt.Sprintf("%d bytes long, but a unix socket path may have at most %d", len(c.Address), maxSocketPath)}
 	}
 	if c.Root == "" {
-		return errors.New("root must not be empty")
+		return &valueError{"root", c.Root, "want a directory"}
 	}
 	switch c.LogLevel {
 	case "trace", "debug", "info", "warn", "error":
 	default:
-		return fmt.Errorf("log-level %q: want trace, debug, info, warn or error", c.LogLevel)
+		return &valueError{"log-level", c.LogLevel, "want trace, debug, info, warn or error"}
 	}
 	switch overlayfuse.Passthrough(c.Passthrough) {
 	case overlayfuse.PassthroughAuto, overlayfuse.PassthroughOn, overlayfuse.PassthroughOff:
 	default:
-		return fmt.Errorf("passthrough %q: want auto, on or off", c.Passthrough)
+		return &valueError{"passthrough", c.Passthrough, "want auto, on or off"}
 	}
 	switch overlayfuse.Consistency(c.Consistency) {
 	case overlayfuse.ConsistencyDefault, overlayfuse.ConsistencyStrict:
 	default:
-		return fmt.Errorf("consistency %q: want default or strict", c.Consistency)
+		return &valueError{"consistency", c.Consistency, "want default or strict"}
 	}
 	return nil
 }

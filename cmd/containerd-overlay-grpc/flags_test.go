@@ -63,16 +63,19 @@ func TestRefuseSecondInstance(t *testing.T) {
 		t.Fatal(err)
 	}
 	cleanupDaemon(t, d)
+	if !strings.Contains(d.stderr.String(), "version=v0.0.0-test") {
+		t.Errorf("the daemon did not log its version at start:\n%s", d.stderr)
+	}
 
 	_, stderr, code := runDaemon(t, "--root", root, "--address", filepath.Join(dir, "other.sock"))
 	if code != 1 || !oneLine(stderr) || !strings.Contains(stderr, "in use") {
 		t.Errorf("same root: exit %d, stderr %q", code, stderr)
 	}
 	_, stderr, code = runDaemon(t, "--root", filepath.Join(dir, "root2"), "--address", addr)
-	if code != 1 || !strings.Contains(stderr, "in use") {
+	if code != 1 || !oneLine(stderr) || !strings.Contains(stderr, addr+" is in use by a running server") {
 		t.Errorf("same address: exit %d, stderr %q", code, stderr)
 	}
-	assertNoMounts(t, filepath.Join(dir, "root2"))
+	assertNotCreated(t, filepath.Join(dir, "root2"))
 	if _, err := os.Stat(addr); err != nil {
 		t.Errorf("the live daemon's socket was removed: %v", err)
 	}

@@ -83,11 +83,17 @@ func serve(c config) (err error) {
 	// Log writes to a closed journal must not kill the process.
 	signal.Ignore(syscall.SIGPIPE)
 
+	// Refuse a socket we cannot serve on before the root is made or locked.
+	if err := checkAddress(c.Address); err != nil {
+		return err
+	}
 	lock, err := lockRoot(c.Root)
 	if err != nil {
 		return err
 	}
 	defer lock.Close()
+	log.G(ctx).WithField("version", versionString()).WithField("root", c.Root).
+		Info("starting containerd-overlay-grpc")
 
 	opts := []snapshotter.Opt{
 		snapshotter.WithPassthrough(overlayfuse.Passthrough(c.Passthrough)),
@@ -117,7 +123,7 @@ func serve(c config) (err error) {
 	go func() { served <- srv.Serve(l) }()
 
 	log.G(ctx).WithField("address", c.Address).WithField("root", sn.Root()).
-		WithField("version", versionString()).Info("containerd-overlay-grpc serving")
+		Info("containerd-overlay-grpc serving")
 	if err := sdNotify("READY=1"); err != nil {
 		log.G(ctx).WithError(err).Warn("cannot notify systemd")
 	}
