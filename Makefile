@@ -1,13 +1,16 @@
 # overlayfuse — build, test, demo.
 GO ?= go
 BIN := bin
+# Stamped into the daemon: its --version and its first log line say it.
+VERSION := $(shell hack/version.sh)
+LDFLAGS := -X main.version=$(VERSION)
 
 .PHONY: all build test test-unit test-integration stress-test demo bench vet clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 
 vet:
 	$(GO) vet ./...

@@ -77,7 +77,13 @@ func setup(tmp string) error {
 		daemonBin = os.Getenv("OVERLAYFUSE_DAEMON")
 		if daemonBin == "" {
 			daemonBin = filepath.Join(tmp, "containerd-overlay-grpc")
-			out, err := exec.Command("go", "build", "-o", daemonBin, "../cmd/containerd-overlay-grpc").CombinedOutput()
+			// Stamped as `make build` does, so the daemon's log says what ran.
+			version, err := exec.Command("../hack/version.sh").Output()
+			if err != nil {
+				return fmt.Errorf("hack/version.sh: %w", err)
+			}
+			out, err := exec.Command("go", "build", "-ldflags", "-X main.version="+strings.TrimSpace(string(version)),
+				"-o", daemonBin, "../cmd/containerd-overlay-grpc").CombinedOutput()
 			if err != nil {
 				return fmt.Errorf("build containerd-overlay-grpc: %v\n%s", err, out)
 			}

@@ -16,7 +16,7 @@ shift 2
 
 "$here/setup.sh"
 cd "$repo"
-go build -o "$bin/containerd-overlay-grpc" ./cmd/containerd-overlay-grpc ||
+go build -ldflags "-X main.version=$(hack/version.sh)" -o "$bin/containerd-overlay-grpc" ./cmd/containerd-overlay-grpc ||
 	die "cannot build ./cmd/containerd-overlay-grpc"
 go build -o "$cache/$name" "./integration/cmd/$name" || die "cannot build $name"
 
