@@ -7,7 +7,7 @@
 //	OVERLAYFUSE_SNAPSHOTTER      overlayfuse (default) or overlayfs, to check
 //	                             the tests themselves against the kernel
 //	OVERLAYFUSE_DAEMON           a prebuilt containerd-overlay-grpc (default: go build)
-//	OVERLAYFUSE_CONTAINERD_CONFIG containerd config (default ../config.toml.example if present)
+//	OVERLAYFUSE_CONTAINERD_CONFIG containerd config (default ../config.toml.example)
 package integration
 
 import (
@@ -51,12 +51,8 @@ func setup(tmp string) error {
 	binDir = envOr("OVERLAYFUSE_INTEGRATION_BIN", ".cache/bin")
 	binDir, _ = filepath.Abs(binDir)
 	snapshotter = envOr("OVERLAYFUSE_SNAPSHOTTER", "overlayfuse")
-	configExa = os.Getenv("OVERLAYFUSE_CONTAINERD_CONFIG")
-	if configExa == "" {
-		if _, err := os.Stat("../config.toml.example"); err == nil {
-			configExa, _ = filepath.Abs("../config.toml.example")
-		}
-	}
+	// The tests run containerd on the stanzas users copy.
+	configExa, _ = filepath.Abs(envOr("OVERLAYFUSE_CONTAINERD_CONFIG", "../config.toml.example"))
 	if os.Geteuid() != 0 {
 		return nil // the tests skip (or fail under CI) on RequireRoot
 	}
@@ -120,6 +116,12 @@ func envOr(k, def string) string {
 // also when the test fails.
 func newEnv(t *testing.T) *harness.Env {
 	t.Helper()
+	return newEnvWith(t, harness.Options{})
+}
+
+// newEnvWith is newEnv with options beyond the binaries, config and log level.
+func newEnvWith(t *testing.T, opts harness.Options) *harness.Env {
+	t.Helper()
 	testutil.RequireRoot(t)
 	if snapshotter == "overlayfuse" {
 		testutil.RequireFUSE(t)
@@ -133,7 +135,8 @@ func newEnv(t *testing.T) *harness.Env {
 		}
 		t.Skip(missingErr)
 	}
-	e, err := harness.New(harness.Options{BinDir: binDir, Daemon: daemonBin, ConfigExa: configExa, LogLevel: "debug"})
+	opts.BinDir, opts.Daemon, opts.ConfigExa, opts.LogLevel = binDir, daemonBin, configExa, "debug"
+	e, err := harness.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

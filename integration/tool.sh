@@ -20,7 +20,6 @@ go build -ldflags "-X main.version=$(hack/version.sh)" -o "$bin/containerd-overl
 	die "cannot build ./cmd/containerd-overlay-grpc"
 go build -o "$cache/$name" "./integration/cmd/$name" || die "cannot build $name"
 
-config=${OVERLAYFUSE_CONTAINERD_CONFIG:-}
-[ -n "$config" ] || [ ! -f "$repo/config.toml.example" ] || config="$repo/config.toml.example"
+config=${OVERLAYFUSE_CONTAINERD_CONFIG:-$repo/config.toml.example}
 exec "$cache/$name" -bin "$bin" -daemon "$bin/containerd-overlay-grpc" \
 	-config "$config" -image "$cache/images/$image.tar" "$@"

@@ -64,7 +64,7 @@ func parseArgs(args []string, usage io.Writer) (options, error) {
 	fs.StringVar(&flags.LogLevel, "log-level", def.LogLevel, "trace (also logs every FUSE request), debug, info, warn or error")
 	fs.StringVar(&flags.Passthrough, "passthrough", def.Passthrough, "FUSE passthrough: auto, on or off")
 	fs.StringVar(&flags.Consistency, "consistency", def.Consistency, "default or strict")
-	fs.StringVar(&configFile, "config", "", "TOML file with the same keys as the flags")
+	fs.StringVar(&configFile, "config", "", "TOML file whose keys are the flag names (but config and version)")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -8,8 +9,10 @@ import (
 	"github.com/pelletier/go-toml/v2"
 )
 
-// Plugins we never use here: CRI wants CNI and a sandbox image, and slows the start.
-var disabledPlugins = []string{
+// The CRI plugins want CNI and a sandbox image (pulled from a registry, which
+// these machines cannot reach), and slow every start; only the test of the
+// example's CRI stanza (Options.CRI) runs them.
+var criPlugins = []string{
 	"io.containerd.grpc.v1.cri",
 	"io.containerd.cri.v1.images",
 	"io.containerd.cri.v1.runtime",
@@ -19,56 +22,56 @@ var disabledPlugins = []string{
 
 const transferPlugin = "io.containerd.transfer.v1.local"
 
-// defaultConfig is what /work/main/config.toml.example must hold for us: the
-// proxy snapshotter and transfer unpack entries for it.
-func defaultConfig() map[string]any {
-	return map[string]any{
-		"version": 3,
-		"proxy_plugins": map[string]any{
-			"overlayfuse": map[string]any{"type": "snapshot", "address": "/run/containerd-overlay-grpc/overlayfuse.sock"},
-		},
-		"plugins": map[string]any{
-			transferPlugin: map[string]any{
-				"unpack_config": []any{
-					map[string]any{"platform": "linux/" + runtime.GOARCH, "snapshotter": "overlayfuse"},
-				},
-			},
-		},
-	}
-}
-
-// writeConfig writes a containerd config for env e: the example config (or
-// the default above) with every path moved into the private directory, CRI
-// off, and an unpack entry for the built-in overlayfs snapshotter as baseline.
+// writeConfig writes a containerd config for env e: the example config
+// (config.toml.example) as it is, with only what must differ for a private
+// containerd changed: its paths and sockets, the daemon's socket and root,
+// CRI off unless asked for, and an unpack entry for the built-in overlayfs
+// snapshotter (the baseline) if the example has none.
 func (e *Env) writeConfig(example string) error {
-	cfg := defaultConfig()
-	if example != "" {
-		b, err := os.ReadFile(example)
-		if err != nil {
-			return fmt.Errorf("read containerd config example: %w", err)
-		}
-		cfg = map[string]any{}
-		if err := toml.Unmarshal(b, &cfg); err != nil {
-			return fmt.Errorf("parse %s: %w", example, err)
-		}
+	if example == "" {
+		return errors.New("no containerd config: Options.ConfigExa must name config.toml.example")
+	}
+	b, err := os.ReadFile(example)
+	if err != nil {
+		return fmt.Errorf("read containerd config example: %w", err)
+	}
+	cfg := map[string]any{}
+	if err := toml.Unmarshal(b, &cfg); err != nil {
+		return fmt.Errorf("parse %s: %w", example, err)
 	}
 	cfg["root"] = e.Root
 	cfg["state"] = e.State
-	cfg["grpc"] = merge(cfg["grpc"], map[string]any{"address": e.Address})
-	cfg["ttrpc"] = merge(cfg["ttrpc"], map[string]any{"address": e.Address + ".ttrpc"})
-	cfg["debug"] = merge(cfg["debug"], map[string]any{"address": "", "level": "debug"})
-	cfg["metrics"] = merge(cfg["metrics"], map[string]any{"address": ""})
+	cfg["debug"] = merge(cfg["debug"], map[string]any{"level": "debug"})
 
-	dis, _ := cfg["disabled_plugins"].([]any)
-	for _, p := range disabledPlugins {
-		dis = append(dis, p)
+	plugins, _ := cfg["plugins"].(map[string]any)
+	if plugins == nil {
+		plugins = map[string]any{}
+		cfg["plugins"] = plugins
 	}
-	cfg["disabled_plugins"] = dis
+	// The server plugins of config version 4; a version 3 file (given by
+	// OVERLAYFUSE_CONTAINERD_CONFIG) takes them too, as containerd's
+	// migration keeps plugin stanzas that are set.
+	for id, set := range map[string]map[string]any{
+		"io.containerd.server.v1.grpc":    {"address": e.Address},
+		"io.containerd.server.v1.ttrpc":   {"address": e.Address + ".ttrpc"},
+		"io.containerd.server.v1.debug":   {"address": ""},
+		"io.containerd.server.v1.metrics": {"address": ""},
+	} {
+		plugins[id] = merge(plugins[id], set)
+	}
+
+	if !e.opts.CRI {
+		dis, _ := cfg["disabled_plugins"].([]any)
+		for _, p := range criPlugins {
+			dis = append(dis, p)
+		}
+		cfg["disabled_plugins"] = dis
+	}
 
 	// Every proxy plugin (snapshot, and diff if any) is served by our daemon.
 	pp, _ := cfg["proxy_plugins"].(map[string]any)
 	if _, ok := pp["overlayfuse"]; !ok {
-		return fmt.Errorf("containerd config has no [proxy_plugins.overlayfuse]")
+		return fmt.Errorf("%s has no [proxy_plugins.overlayfuse]", example)
 	}
 	for name, v := range pp {
 		m := merge(v, map[string]any{"address": e.DaemonAddress})
@@ -78,11 +81,6 @@ func (e *Env) writeConfig(example string) error {
 		pp[name] = m
 	}
 
-	plugins, _ := cfg["plugins"].(map[string]any)
-	if plugins == nil {
-		plugins = map[string]any{}
-		cfg["plugins"] = plugins
-	}
 	tr, _ := plugins[transferPlugin].(map[string]any)
 	if tr == nil {
 		tr = map[string]any{}
@@ -100,7 +98,7 @@ func (e *Env) writeConfig(example string) error {
 	}
 	tr["unpack_config"] = uc
 
-	b, err := toml.Marshal(cfg)
+	b, err = toml.Marshal(cfg)
 	if err != nil {
 		return err
 	}

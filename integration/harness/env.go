@@ -22,7 +22,8 @@ import (
 type Options struct {
 	BinDir    string    // containerd, ctr, containerd-shim-runc-v2, nerdctl
 	Daemon    string    // containerd-overlay-grpc; empty: no daemon (baseline runs)
-	ConfigExa string    // containerd config example; empty: built-in default
+	ConfigExa string    // containerd config: the repository's config.toml.example
+	CRI       bool      // keep containerd's CRI plugins on (off otherwise: see criPlugins)
 	LogLevel  string    // daemon --log-level
 	Verbose   io.Writer // if set, every ctr/nerdctl command line is echoed here
 }
@@ -244,6 +245,12 @@ func (e *Env) SnapshotsDir(sn string) string {
 		return filepath.Join(e.Root, "io.containerd.snapshotter.v1.overlayfs", "snapshots")
 	}
 	return filepath.Join(e.DaemonRoot, "snapshots")
+}
+
+// ContainerdLog returns containerd's log so far.
+func (e *Env) ContainerdLog() (string, error) {
+	b, err := os.ReadFile(filepath.Join(e.Dir, "containerd.log"))
+	return string(b), err
 }
 
 // Logs returns the last n lines of the containerd and daemon logs.
