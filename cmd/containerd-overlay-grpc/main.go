@@ -6,8 +6,9 @@
 //	  address = "/run/containerd-overlay-grpc/containerd-overlay-grpc.sock"
 //
 // Every active snapshot is an overlayfuse mount served by this process;
-// they all end when it stops (SIGTERM, SIGINT), and are mounted again when
-// it starts.
+// they all end when it stops (SIGTERM, SIGINT) or dies, taking running
+// containers' root filesystems with them (ENOTCONN), and are mounted again
+// when it starts.
 package main
 
 import (
