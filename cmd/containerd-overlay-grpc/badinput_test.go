@@ -24,6 +24,8 @@ func TestRefusedStartLeavesNothing(t *testing.T) {
 	long := filepath.Join(dir, strings.Repeat("a", 120)+".sock")
 	badValue := filepath.Join(dir, "value.toml")
 	writeFile(t, badValue, fmt.Sprintf("root = %q\npassthrough = \"maybe\"\n", root))
+	badType := filepath.Join(dir, "type.toml")
+	writeFile(t, badType, fmt.Sprintf("root = %q\nconsistency = 1\n", root))
 	badAddress := filepath.Join(dir, "address.toml")
 	writeFile(t, badAddress, fmt.Sprintf("root = %q\naddress = %q\n", root, long))
 
@@ -38,6 +40,8 @@ func TestRefusedStartLeavesNothing(t *testing.T) {
 			[]string{"address", fmt.Sprintf("%d bytes long", len(long)), "at most 107"}},
 		{"bad value in config", []string{"--config", badValue},
 			[]string{"config " + badValue + ": key passthrough \"maybe\": want auto, on or off"}},
+		{"bad type in config", []string{"--config", badType},
+			[]string{"config " + badType + ":2:", "key consistency"}},
 		{"socket path too long in config", []string{"--config", badAddress},
 			[]string{"config " + badAddress + ": key address", "at most 107"}},
 	} {

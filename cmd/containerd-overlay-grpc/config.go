@@ -132,6 +132,9 @@ func loadConfigFile(path string, c *config) error {
 		var de *toml.DecodeError
 		if errors.As(err, &de) {
 			row, col := de.Position()
+			if k := de.Key(); len(k) > 0 {
+				return fmt.Errorf("config %s:%d:%d: key %s: %v", path, row, col, strings.Join(k, "."), de.Error())
+			}
 			return fmt.Errorf("config %s:%d:%d: %v", path, row, col, de.Error())
 		}
 		return fmt.Errorf("config %s: %w", path, err)
