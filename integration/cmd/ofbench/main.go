@@ -22,7 +22,7 @@ import (
 func main() {
 	bin := flag.String("bin", "integration/.cache/bin", "directory with containerd, ctr, shim")
 	daemon := flag.String("daemon", "", "containerd-overlay-grpc binary (empty: overlayfs only)")
-	config := flag.String("config", "", "containerd config (the repository's config.toml.example)")
+	config := flag.String("config", "config.toml.example", "containerd config")
 	tarPath := flag.String("image", "integration/.cache/images/large.tar", "large image tar")
 	n := flag.Int("n", 5, "repetitions of each measure (starts: 2n)")
 	flag.Parse()

@@ -17,7 +17,7 @@ import (
 func main() {
 	bin := flag.String("bin", "integration/.cache/bin", "directory with containerd, ctr, shim, nerdctl")
 	daemon := flag.String("daemon", "integration/.cache/bin/containerd-overlay-grpc", "containerd-overlay-grpc binary")
-	config := flag.String("config", "", "containerd config (the repository's config.toml.example)")
+	config := flag.String("config", "config.toml.example", "containerd config")
 	tarPath := flag.String("image", "integration/.cache/images/cases.tar", "image tar to import")
 	flag.Parse()
 
