@@ -3,7 +3,6 @@ package overlayfuse
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -123,7 +122,6 @@ func newOverlayFS(layers Layers, opts Options) (*overlayFS, error) {
 		ofs.lowers = append(ofs.lowers, l)
 		ofs.indexFS(l.dev)
 	}
-	raiseFileLimit()
 	dirFds.setBudget()
 	return ofs, nil
 }
@@ -355,29 +353,4 @@ func (ofs *overlayFS) liveNode(ino uint64) *node {
 	ofs.mu.Lock()
 	defer ofs.mu.Unlock()
 	return ofs.nodes[ino]
-}
-
-// raiseFileLimit lifts RLIMIT_NOFILE to its hard limit: every node holds
-// an O_PATH fd of its real file.
-func raiseFileLimit() {
-	var rl unix.Rlimit
-	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) != nil {
-		return
-	}
-	if max, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
-		if v, err := strconv.ParseUint(string(trimNL(max)), 10, 64); err == nil && v > rl.Max && os.Geteuid() == 0 {
-			rl.Max = v
-		}
-	}
-	if rl.Cur < rl.Max {
-		rl.Cur = rl.Max
-		_ = unix.Setrlimit(unix.RLIMIT_NOFILE, &rl)
-	}
-}
-
-func trimNL(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
-		b = b[:len(b)-1]
-	}
-	return b
 }

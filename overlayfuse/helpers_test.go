@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/overlayfuse/overlayfuse/internal/procsetup"
 	"github.com/overlayfuse/overlayfuse/internal/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -150,6 +151,8 @@ func unlockThreadDirty() {}
 const serveEnv = "OVERLAYFUSE_TEST_SERVE"
 
 func TestMain(m *testing.M) {
+	// As the commands do at start; serving children inherit it.
+	procsetup.Setup()
 	if spec := os.Getenv(serveEnv); spec != "" {
 		os.Exit(serveChild(spec))
 	}

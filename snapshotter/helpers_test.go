@@ -14,8 +14,15 @@ import (
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
+	"github.com/overlayfuse/overlayfuse/internal/procsetup"
 	"github.com/overlayfuse/overlayfuse/internal/testutil"
 )
+
+func TestMain(m *testing.M) {
+	// As containerd-overlay-grpc does at start: the mounts need umask 0.
+	procsetup.Setup()
+	os.Exit(m.Run())
+}
 
 // newTestSnapshotter opens a snapshotter on a fresh root and closes it
 // (ending every mount) when the test ends, also on failure.

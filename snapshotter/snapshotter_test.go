@@ -6,6 +6,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -275,5 +276,23 @@ func TestCloseEndsEveryMount(t *testing.T) {
 	}
 	if _, err := s.Prepare(ctx, "d", "base"); err == nil {
 		t.Error("Prepare after Close succeeded")
+	}
+}
+
+// Bad overlay options are rejected by the library's validation, as
+// invalid arguments, before anything is made at root.
+func TestBadMountOptions(t *testing.T) {
+	for _, opt := range []Opt{
+		WithPassthrough("yes"),
+		WithConsistency("weak"),
+	} {
+		root := filepath.Join(t.TempDir(), "root")
+		_, err := NewSnapshotter(root, opt)
+		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "want") {
+			t.Errorf("NewSnapshotter = %v, want an invalid argument that says what is valid", err)
+		}
+		if _, err := os.Stat(root); !os.IsNotExist(err) {
+			t.Errorf("root made for a rejected option: %v", err)
+		}
 	}
 }

@@ -142,15 +142,11 @@ func (c config) validate() error {
 	default:
 		return fmt.Errorf("log-level %q: want trace, debug, info, warn or error", c.LogLevel)
 	}
-	switch overlayfuse.Passthrough(c.Passthrough) {
-	case overlayfuse.PassthroughAuto, overlayfuse.PassthroughOn, overlayfuse.PassthroughOff:
-	default:
-		return fmt.Errorf("passthrough %q: want auto, on or off", c.Passthrough)
+	if _, err := overlayfuse.ParsePassthrough(c.Passthrough); err != nil {
+		return err
 	}
-	switch overlayfuse.Consistency(c.Consistency) {
-	case overlayfuse.ConsistencyDefault, overlayfuse.ConsistencyStrict:
-	default:
-		return fmt.Errorf("consistency %q: want default or strict", c.Consistency)
+	if _, err := overlayfuse.ParseConsistency(c.Consistency); err != nil {
+		return err
 	}
 	return nil
 }
