@@ -25,6 +25,7 @@ const workSubdir = "work"
 // overlayFS is the state one mount shares between its nodes.
 type overlayFS struct {
 	opts   Options
+	eio    eioLog
 	upper  *layer // nil when read-only
 	lowers []*layer
 	workFd int // O_PATH fd of <work>/work, -1 when read-only

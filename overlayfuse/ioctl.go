@@ -96,7 +96,7 @@ func (n *node) Ioctl(ctx context.Context, f fs.FileHandle, cmd uint32, arg uint6
 	}
 	fd, err := r.open(flags)
 	if err != nil {
-		return 0, toErrno(err)
+		return 0, n.ofs.toErrno(err)
 	}
 	defer unix.Close(fd)
 	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(cmd), uintptr(unsafe.Pointer(&buf[0])))

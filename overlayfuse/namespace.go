@@ -53,7 +53,7 @@ func (n *node) prepareNew(ctx context.Context, name string) (ne newEntry, errno 
 	}
 	dir, done, err := n.upperDirFd()
 	if err != nil {
-		return ne, toErrno(err)
+		return ne, n.ofs.toErrno(err)
 	}
 	ne.dir, ne.done = dir, done
 	ne.overWhiteout = e.upperWhiteout
@@ -64,7 +64,7 @@ func (n *node) prepareNew(ctx context.Context, name string) (ne newEntry, errno 
 	var pst unix.Stat_t
 	if err := fstat(ne.dir, &pst); err != nil {
 		ne.done()
-		return ne, toErrno(err)
+		return ne, n.ofs.toErrno(err)
 	}
 	if pst.Mode&unix.S_ISGID != 0 {
 		ne.gid = int(pst.Gid)
@@ -82,7 +82,7 @@ func (ofs *overlayFS) place(fd int, tmp string, ne newEntry, name string) syscal
 	}
 	if err := ofs.renameBuilt(fd, tmp, ne.dir, name, flags); err != nil {
 		_ = removeAt(ofs.workFd, tmp, true)
-		return toErrno(err)
+		return ofs.toErrno(err)
 	}
 	if ne.overWhiteout {
 		_ = unix.Unlinkat(ofs.workFd, tmp, 0)
@@ -124,25 +124,25 @@ func (n *node) makeNew(ctx context.Context, name string, mode uint32, rdev uint3
 	}
 	fd, err := mk(dir, at)
 	if err != nil {
-		return nil, toErrno(err)
+		return nil, n.ofs.toErrno(err)
 	}
 	if fd < 0 {
 		if fd, err = openBuilt(dir, at, mode&unix.S_IFMT, uint64(rdev)); err != nil {
 			_ = removeAt(dir, at, true)
-			return nil, toErrno(err)
+			return nil, n.ofs.toErrno(err)
 		}
 		defer unix.Close(fd)
 	}
 	if err := own(fd, ne, mode); err != nil {
 		_ = removeAt(dir, at, true)
-		return nil, toErrno(err)
+		return nil, n.ofs.toErrno(err)
 	}
 	if ne.overWhiteout {
 		if mode&unix.S_IFMT == unix.S_IFDIR {
 			// A directory made over a deleted one hides what was below.
 			if err := setOpaque(fd); err != nil {
 				_ = removeAt(dir, at, true)
-				return nil, toErrno(err)
+				return nil, n.ofs.toErrno(err)
 			}
 		}
 		if errno := n.ofs.place(fd, at, ne, name); errno != 0 {
@@ -167,7 +167,7 @@ func (n *node) newChild(ctx context.Context, name string, created bool, out *fus
 	}
 	if !fresh {
 		if err := child.real().stat(&st); err != nil {
-			return nil, toErrno(err)
+			return nil, n.ofs.toErrno(err)
 		}
 	}
 	child.fillAttr(&st, &out.Attr)
@@ -251,11 +251,11 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	}
 	tfd, done, err := t.upperRef().pathFd()
 	if err != nil {
-		return nil, toErrno(err)
+		return nil, n.ofs.toErrno(err)
 	}
 	defer done()
 	if err := unix.Linkat(tfd, "", dir, at, unix.AT_EMPTY_PATH); err != nil {
-		return nil, toErrno(err)
+		return nil, n.ofs.toErrno(err)
 	}
 	if ne.overWhiteout {
 		if errno := n.ofs.place(tfd, at, ne, name); errno != 0 {
@@ -290,12 +290,12 @@ func (n *node) removeEntry(ctx context.Context, name string, e *entry, dir bool)
 	}
 	pfd, done, err := n.upperDirFd()
 	if err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	defer done()
 	lower := n.lowerPositive(name)
 	if !e.upper.valid() {
-		return toErrno(n.ofs.whiteout(pfd, name))
+		return n.ofs.toErrno(n.ofs.whiteout(pfd, name))
 	}
 	if !lower {
 		flag := 0
@@ -304,7 +304,7 @@ func (n *node) removeEntry(ctx context.Context, name string, e *entry, dir bool)
 		}
 		err := unix.Unlinkat(pfd, name, flag)
 		if err != unix.ENOTEMPTY {
-			return toErrno(err)
+			return n.ofs.toErrno(err)
 		}
 		// An upper directory that only holds whiteouts.
 	}
@@ -316,7 +316,7 @@ func (n *node) removeEntry(ctx context.Context, name string, e *entry, dir bool)
 		err = unix.Renameat2(pfd, name, n.ofs.workFd, tmp, 0)
 	}
 	if err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	_ = removeAt(n.ofs.workFd, tmp, dir)
 	return 0
@@ -405,13 +405,13 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	}
 	dir, done, err := n.upperDirFd()
 	if err != nil {
-		return nil, nil, 0, toErrno(err)
+		return nil, nil, 0, n.ofs.toErrno(err)
 	}
 	defer done()
 	flags &= openFlagsPassed &^ unix.O_TRUNC
 	fd, err := unix.Openat(dir, ".", int(flags)|unix.O_TMPFILE|unix.O_CLOEXEC, mode&07777)
 	if err != nil {
-		return nil, nil, 0, toErrno(err)
+		return nil, nil, 0, n.ofs.toErrno(err)
 	}
 	var st unix.Stat_t
 	err = unix.Fstat(fd, &st)
@@ -430,7 +430,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	}
 	if err != nil {
 		unix.Close(fd)
-		return nil, nil, 0, toErrno(err)
+		return nil, nil, 0, n.ofs.toErrno(err)
 	}
 	child := n.ofs.newNode(realRef{layer: n.ofs.upper, fd: -1, fh: fh}, nil)
 	child.bornUpper = true

@@ -126,7 +126,7 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 			return errno
 		}
 	} else if err := n.real().stat(&st); err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	n.fillAttr(&st, &out.Attr)
 	return 0
@@ -166,7 +166,7 @@ func toSyscallStat(st *unix.Stat_t) *syscall.Stat_t {
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	var s unix.Statfs_t
 	if err := unix.Fstatfs(n.ofs.topLayer().fd, &s); err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	out.Blocks, out.Bfree, out.Bavail = s.Blocks, s.Bfree, s.Bavail
 	out.Files, out.Ffree = s.Files, s.Ffree
@@ -178,14 +178,14 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	fd, done, err := n.real().pathFd()
 	if err != nil {
-		return nil, toErrno(err)
+		return nil, n.ofs.toErrno(err)
 	}
 	defer done()
 	buf := make([]byte, 256)
 	for {
 		sz, err := unix.Readlinkat(fd, "", buf)
 		if err != nil {
-			return nil, toErrno(err)
+			return nil, n.ofs.toErrno(err)
 		}
 		if sz < len(buf) {
 			return buf[:sz], 0
@@ -327,7 +327,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	}
 	if !fresh {
 		if err := child.real().stat(&st); err != nil {
-			return nil, toErrno(err)
+			return nil, n.ofs.toErrno(err)
 		}
 	}
 	child.fillAttr(&st, &out.Attr)
@@ -350,7 +350,7 @@ func (ofs *overlayFS) nodeFor(ctx context.Context, parent *node, name string, e 
 	case e.upper.valid():
 		pfd, done, err := parent.upperDirFd()
 		if err != nil {
-			return nil, false, toErrno(err)
+			return nil, false, ofs.toErrno(err)
 		}
 		ino = ofs.upperIno(pfd, name, &e.st)
 		done()
