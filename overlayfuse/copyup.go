@@ -98,7 +98,11 @@ func (n *node) linkUpAliases(done *node, doneName string) {
 		if a.parent.GetChild(a.name) != n.EmbeddedInode() {
 			continue
 		}
-		_ = n.linkUpLocked(a.parent, a.name)
+		// The copy-up itself is done; this name keeps showing the lower
+		// file until its next lookup links it up.
+		if errno := n.linkUpLocked(a.parent, a.name); errno != 0 {
+			n.ofs.opts.Logger.Printf("overlayfuse: link-up of %s after its copy-up: %v", a.name, errno)
+		}
 	}
 }
 
@@ -162,6 +166,7 @@ func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (rea
 	isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
 	fd, origin, errno := ofs.buildCopy(src, originOf(srcRef), &st, tmp)
 	if errno != 0 {
+		// Best effort: the next mount empties the work dir.
 		_ = removeAt(work, tmp, isDir)
 		return noRef, errno
 	}
@@ -178,6 +183,7 @@ func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (rea
 		unix.Close(fd)
 	}
 	if err != nil {
+		// Best effort: the next mount empties the work dir.
 		_ = removeAt(work, tmp, isDir)
 		return noRef, ofs.toErrno(err)
 	}
@@ -408,5 +414,6 @@ func linkRef(r realRef, dirfd int, name string) error {
 // keepTimes puts back the times of directory fd that st had: a copy-up
 // or link-up adds an entry that the merged directory showed already.
 func keepTimes(fd int, st *unix.Stat_t) {
+	// Best effort, as the kernel's: times are not worth failing for.
 	_ = unix.UtimesNanoAt(fd, "", []unix.Timespec{st.Atim, st.Mtim}, unix.AT_EMPTY_PATH)
 }

@@ -202,6 +202,7 @@ func (ofs *overlayFS) ino(dev, ino uint64) uint64 {
 // mount from then on, as after a crash.
 func (ofs *overlayFS) end() {
 	ofs.endVolatile()
+	// Best effort: closing the fds releases the locks anyway.
 	if ofs.upper != nil && ofs.upper.fd >= 0 {
 		_ = unix.Flock(ofs.upper.fd, unix.LOCK_UN)
 	}
@@ -302,7 +303,12 @@ func (ofs *overlayFS) newRoot() (*node, error) {
 			continue
 		}
 		n.lowers = append(n.lowers, r)
-		if opaque, _ := isOpaque(fd); opaque {
+		opaque, err := isOpaque(fd)
+		if err != nil {
+			n.fds.closeAll()
+			return nil, fmt.Errorf("%s: read %s: %w", l.path, opaqueXattr, err)
+		}
+		if opaque {
 			break
 		}
 	}

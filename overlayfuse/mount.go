@@ -64,14 +64,14 @@ func Mount(mountpoint string, layers Layers, opts Options) (*Server, error) {
 	}
 	go srv.Serve()
 	if err := srv.WaitMount(); err != nil {
-		_ = srv.Unmount()
+		_ = srv.Unmount() // best effort: the mount failed already
 		ofs.close()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	ofs.server = srv
 	s := &Server{fuse: srv, ofs: ofs, mountpoint: mountpoint}
 	if err := ofs.afterMount(); err != nil {
-		_ = s.Unmount()
+		_ = s.Unmount() // best effort: err is what the caller needs
 		return nil, err
 	}
 	return s, nil

@@ -81,10 +81,11 @@ func (ofs *overlayFS) place(fd int, tmp string, ne newEntry, name string) syscal
 		flags = unix.RENAME_EXCHANGE
 	}
 	if err := ofs.renameBuilt(fd, tmp, ne.dir, name, flags); err != nil {
-		_ = removeAt(ofs.workFd, tmp, true)
+		_ = removeAt(ofs.workFd, tmp, true) // best effort: the next mount empties the work dir
 		return ofs.toErrno(err)
 	}
 	if ne.overWhiteout {
+		// The whiteout exchanged out; the next mount empties the work dir.
 		_ = unix.Unlinkat(ofs.workFd, tmp, 0)
 	}
 	return 0
@@ -318,6 +319,8 @@ func (n *node) removeEntry(ctx context.Context, name string, e *entry, dir bool)
 	if err != nil {
 		return n.ofs.toErrno(err)
 	}
+	// The name is gone from the merged view, which is what was asked;
+	// what stays in the work dir goes at the next mount.
 	_ = removeAt(n.ofs.workFd, tmp, dir)
 	return 0
 }

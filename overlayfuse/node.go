@@ -258,7 +258,12 @@ func resolveIn(upper realRef, lowers []realRef, name string) (e entry, errno sys
 			if !e.isDir() {
 				return e, 0
 			}
-			if opaque, _ := r.isOpaque(); opaque {
+			opaque, err := r.isOpaque()
+			if err != nil {
+				e.release()
+				return e, toErrno(err)
+			}
+			if opaque {
 				return e, 0
 			}
 			isDir = true
@@ -302,7 +307,12 @@ func resolveIn(upper realRef, lowers []realRef, name string) (e entry, errno sys
 			break
 		}
 		isDir = true
-		if opaque, _ := r.isOpaque(); opaque {
+		opaque, err := r.isOpaque()
+		if err != nil {
+			e.release()
+			return e, toErrno(err)
+		}
+		if opaque {
 			break
 		}
 	}
