@@ -161,17 +161,10 @@ func (n *node) newChild(ctx context.Context, name string, created bool, out *fus
 		return nil, errno
 	}
 	e.created = created
-	st := e.st
-	child, fresh, errno := n.ofs.nodeFor(ctx, n, name, &e)
+	child, errno := n.entryNode(ctx, name, &e, out)
 	if errno != 0 {
 		return nil, errno
 	}
-	if !fresh {
-		if err := child.real().stat(&st); err != nil {
-			return nil, n.ofs.toErrno(err)
-		}
-	}
-	child.fillAttr(&st, &out.Attr)
 	return child.EmbeddedInode(), 0
 }
 
@@ -325,14 +318,20 @@ func (n *node) removeEntry(ctx context.Context, name string, e *entry, dir bool)
 	return 0
 }
 
-func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+// resolveDeleted checks that name may be deleted from n and resolves it,
+// as Unlink and Rmdir start.
+func (n *node) resolveDeleted(ctx context.Context, name string) (entry, syscall.Errno) {
 	if n.ofs.readOnly() {
-		return syscall.EROFS
+		return entry{}, syscall.EROFS
 	}
 	if errno := n.checkDelete(ctx, name); errno != 0 {
-		return errno
+		return entry{}, errno
 	}
-	e, errno := n.resolve(name)
+	return n.resolve(name)
+}
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	e, errno := n.resolveDeleted(ctx, name)
 	if errno != 0 {
 		return errno
 	}
@@ -364,13 +363,7 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 }
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
-	if n.ofs.readOnly() {
-		return syscall.EROFS
-	}
-	if errno := n.checkDelete(ctx, name); errno != 0 {
-		return errno
-	}
-	e, errno := n.resolve(name)
+	e, errno := n.resolveDeleted(ctx, name)
 	if errno != 0 {
 		return errno
 	}

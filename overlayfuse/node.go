@@ -322,6 +322,24 @@ func resolveIn(upper realRef, lowers []realRef, name string) (e entry, errno sys
 	return e, 0
 }
 
+// entryNode gives the node of e, name resolved in n, and its attributes
+// in out, as Lookup and newChild end.
+func (n *node) entryNode(ctx context.Context, name string, e *entry, out *fuse.EntryOut) (*node, syscall.Errno) {
+	st := e.st
+	child, fresh, errno := n.ofs.nodeFor(ctx, n, name, e)
+	if errno != 0 {
+		return nil, errno
+	}
+	if !fresh {
+		// A known node: its real object's attributes, not the entry's.
+		if err := child.real().stat(&st); err != nil {
+			return nil, n.ofs.toErrno(err)
+		}
+	}
+	child.fillAttr(&st, &out.Attr)
+	return child, 0
+}
+
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	if len(name) > 255 {
 		return nil, syscall.ENAMETOOLONG
@@ -330,17 +348,10 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	if errno != 0 {
 		return nil, errno
 	}
-	st := e.st
-	child, fresh, errno := n.ofs.nodeFor(ctx, n, name, &e)
+	child, errno := n.entryNode(ctx, name, &e, out)
 	if errno != 0 {
 		return nil, errno
 	}
-	if !fresh {
-		if err := child.real().stat(&st); err != nil {
-			return nil, n.ofs.toErrno(err)
-		}
-	}
-	child.fillAttr(&st, &out.Attr)
 	if isSetid(out.Attr.Mode) {
 		// READDIRPLUS puts the bridge's default over a zero attribute
 		// timeout (rawfs.go): take the shortest it keeps.

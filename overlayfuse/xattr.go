@@ -125,16 +125,7 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if errno := n.checkChange(); errno != 0 {
 		return errno
 	}
-	if errno := n.copyUp(ctx); errno != 0 {
-		return errno
-	}
-	defer n.forgetXattrs()
-	x, done, err := n.xattrTarget(n.upperRef())
-	if err != nil {
-		return n.ofs.toErrno(err)
-	}
-	defer done()
-	return n.ofs.toErrno(x.set(attr, data, int(flags)))
+	return n.changeXattrs(ctx, func(x xpath) error { return x.set(attr, data, int(flags)) })
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
@@ -152,6 +143,12 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if !slices.Contains(names, attr) {
 		return syscall.ENODATA
 	}
+	return n.changeXattrs(ctx, func(x xpath) error { return x.remove(attr) })
+}
+
+// changeXattrs copies n up and runs change on the xattrs of its upper
+// object.
+func (n *node) changeXattrs(ctx context.Context, change func(xpath) error) syscall.Errno {
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
@@ -161,7 +158,7 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 		return n.ofs.toErrno(err)
 	}
 	defer done()
-	return n.ofs.toErrno(x.remove(attr))
+	return n.ofs.toErrno(change(x))
 }
 
 // xattrTarget names r, a real object of n, for the xattr calls, through
