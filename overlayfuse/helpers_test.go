@@ -90,15 +90,6 @@ func writeFile(t testing.TB, path, data string, mode os.FileMode) {
 	must(t, unix.Chmod(path, uint32(mode)))
 }
 
-func readFile(t testing.TB, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
 func itoa(i int) string {
 	return string(rune('0'+i/100%10)) + string(rune('0'+i/10%10)) + string(rune('0'+i%10))
 }

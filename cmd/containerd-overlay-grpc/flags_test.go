@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/overlayfuse/overlayfuse/internal/testutil"
+	"github.com/overlayfuse/overlayfuse/internal/testutil/mounttest"
 )
 
 func TestBadArgumentsOneLine(t *testing.T) {
@@ -72,7 +73,7 @@ func TestRefuseSecondInstance(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "in use") {
 		t.Errorf("same address: exit %d, stderr %q", code, stderr)
 	}
-	assertNoMounts(t, filepath.Join(dir, "root2"))
+	mounttest.AssertNoMounts(t, filepath.Join(dir, "root2"))
 	if _, err := os.Stat(addr); err != nil {
 		t.Errorf("the live daemon's socket was removed: %v", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots/testsuite"
 
 	"github.com/overlayfuse/overlayfuse/internal/testutil"
+	"github.com/overlayfuse/overlayfuse/internal/testutil/mounttest"
 )
 
 // TestSnapshotterSuiteThroughDaemon runs containerd's conformance suite
@@ -34,7 +35,7 @@ func TestSnapshotterSuiteThroughDaemon(t *testing.T) {
 					t.Error(err)
 				}
 			}
-			assertNoMounts(t, d.root)
+			mounttest.AssertNoMounts(t, d.root)
 		}
 	})
 	testsuite.SnapshotterSuite(t, "overlayfuse", func(ctx context.Context, root string) (snapshots.Snapshotter, func() error, error) {
