@@ -167,16 +167,20 @@ func dial(addr string) (snapshots.Snapshotter, func() error, error) {
 // cleanupDaemon makes sure d is gone when the test ends, also on failure,
 // and that nothing stays mounted under its root.
 func cleanupDaemon(t testing.TB, d *daemon) {
-	t.Cleanup(func() {
-		select {
-		case <-d.done:
-		default:
-			if err := d.stop(syscall.SIGTERM); err != nil {
-				t.Error(err)
-			}
+	t.Cleanup(func() { endDaemon(t, d) })
+}
+
+// endDaemon stops d unless it has ended, and checks that nothing stays
+// mounted under its root.
+func endDaemon(t testing.TB, d *daemon) {
+	select {
+	case <-d.done:
+	default:
+		if err := d.stop(syscall.SIGTERM); err != nil {
+			t.Error(err)
 		}
-		mounttest.AssertNoMounts(t, d.root)
-	})
+	}
+	mounttest.AssertNoMounts(t, d.root)
 }
 
 // shortTempDir is a temporary directory with a path short enough for a
