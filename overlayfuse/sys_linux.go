@@ -177,6 +177,9 @@ func toErrno(err error) syscall.Errno {
 	if err == nil {
 		return 0
 	}
+	if e, ok := err.(syscall.Errno); ok && e != 0 {
+		return e // the common case, without errors.As' reflection
+	}
 	var e syscall.Errno
 	if errors.As(err, &e) && e != 0 {
 		return e
