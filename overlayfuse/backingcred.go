@@ -81,6 +81,7 @@ func dropPrivileges() bool {
 	caps[unix.CAP_FSETID/32].Effective &^= 1 << (unix.CAP_FSETID % 32)
 	rt.dropped = true
 	if unix.Capset(&hdr, &caps[0]) != nil || rawSetgroups(nil) != nil {
+		// The failure to drop is what counts; restore what can be.
 		_ = rt.restore()
 		return false
 	}
@@ -100,6 +101,7 @@ func (rt *regThread) restore() error {
 // rawSetfsgid and rawSetgroups change the calling thread only (the
 // library calls change every thread of the process).
 func rawSetfsgid(gid int) int {
+	// setfsgid reports no error: it returns the previous fsgid.
 	old, _, _ := unix.RawSyscall(unix.SYS_SETFSGID, uintptr(gid), 0, 0)
 	return int(old)
 }

@@ -55,12 +55,16 @@ func (ofs *overlayFS) renameBuilt(fd int, tmp string, dir int, name string, flag
 	if sameAt(fd, dir, name) {
 		return nil
 	}
+	var err error
 	if flags&unix.RENAME_EXCHANGE != 0 {
-		_ = unix.Renameat2(ofs.workFd, tmp, dir, name, unix.RENAME_EXCHANGE)
+		err = unix.Renameat2(ofs.workFd, tmp, dir, name, unix.RENAME_EXCHANGE)
 	} else {
-		_ = unix.Renameat2(dir, name, ofs.workFd, tmp, unix.RENAME_NOREPLACE)
+		err = unix.Renameat2(dir, name, ofs.workFd, tmp, unix.RENAME_NOREPLACE)
 	}
 	ofs.opts.Logger.Printf("overlayfuse: %s in the work dir was replaced by someone else before it was renamed into place", tmp)
+	if err != nil {
+		ofs.opts.Logger.Printf("overlayfuse: putting back what replaced %s: %v", tmp, err)
+	}
 	return unix.EIO
 }
 

@@ -52,7 +52,7 @@ func (n *node) copyUpLocked() syscall.Errno {
 	n.mu.Unlock()
 	dstDir, dstDone, err := parent.upperDirFd()
 	if err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	defer dstDone()
 	up, errno := n.ofs.copyUpObject(src, dstDir, name)
@@ -98,7 +98,11 @@ func (n *node) linkUpAliases(done *node, doneName string) {
 		if a.parent.GetChild(a.name) != n.EmbeddedInode() {
 			continue
 		}
-		_ = n.linkUpLocked(a.parent, a.name)
+		// The copy-up itself is done; this name keeps showing the lower
+		// file until its next lookup links it up.
+		if errno := n.linkUpLocked(a.parent, a.name); errno != 0 {
+			n.ofs.opts.Logger.Printf("overlayfuse: link-up of %s after its copy-up: %v", a.name, errno)
+		}
 	}
 }
 
@@ -122,7 +126,7 @@ func (n *node) linkUpLocked(parent *node, name string) syscall.Errno {
 	}
 	pfd, done, err := parent.upperDirFd()
 	if err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	defer done()
 	var st unix.Stat_t
@@ -131,10 +135,10 @@ func (n *node) linkUpLocked(parent *node, name string) syscall.Errno {
 	}
 	var pst unix.Stat_t
 	if err := fstat(pfd, &pst); err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	if err := linkRef(n.upperRef(), pfd, name); err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	keepTimes(pfd, &pst)
 	n.mu.Lock()
@@ -150,18 +154,19 @@ func (n *node) linkUpLocked(parent *node, name string) syscall.Errno {
 func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (realRef, syscall.Errno) {
 	src, done, err := srcRef.pathFd()
 	if err != nil {
-		return noRef, toErrno(err)
+		return noRef, ofs.toErrno(err)
 	}
 	defer done()
 	var st unix.Stat_t
 	if err := fstat(src, &st); err != nil {
-		return noRef, toErrno(err)
+		return noRef, ofs.toErrno(err)
 	}
 	tmp := ofs.tmpName()
 	work := ofs.workFd
 	isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
 	fd, origin, errno := ofs.buildCopy(src, originOf(srcRef), &st, tmp)
 	if errno != 0 {
+		// Best effort: the next mount empties the work dir.
 		_ = removeAt(work, tmp, isDir)
 		return noRef, errno
 	}
@@ -178,8 +183,9 @@ func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (rea
 		unix.Close(fd)
 	}
 	if err != nil {
+		// Best effort: the next mount empties the work dir.
 		_ = removeAt(work, tmp, isDir)
-		return noRef, toErrno(err)
+		return noRef, ofs.toErrno(err)
 	}
 	if origin {
 		setImpure(dstDir)
@@ -233,23 +239,23 @@ func (ofs *overlayFS) makeCopy(src int, st *unix.Stat_t, tmp string) (int, sysca
 			in, err = reopen(src, unix.O_RDONLY)
 		}
 		if err != nil {
-			return -1, toErrno(err)
+			return -1, ofs.toErrno(err)
 		}
 		defer unix.Close(in)
 		out, err := unix.Openat(work, tmp, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
 		if err != nil {
-			return -1, toErrno(err)
+			return -1, ofs.toErrno(err)
 		}
 		if err := copyData(in, out, st.Size); err != nil {
 			unix.Close(out)
-			return -1, toErrno(err)
+			return -1, ofs.toErrno(err)
 		}
 		// As kernel overlayfs (fsync=auto): the data is on disk before the
 		// rename makes the copy visible, so a crash shows the lower file or
 		// the whole copy, never a part.
 		if err := ofs.fdatasync(out); err != nil {
 			unix.Close(out)
-			return -1, toErrno(err)
+			return -1, ofs.toErrno(err)
 		}
 		return out, 0
 	case unix.S_IFDIR:
@@ -258,17 +264,17 @@ func (ofs *overlayFS) makeCopy(src int, st *unix.Stat_t, tmp string) (int, sysca
 		target := make([]byte, st.Size+1)
 		sz, rerr := unix.Readlinkat(src, "", target)
 		if rerr != nil {
-			return -1, toErrno(rerr)
+			return -1, ofs.toErrno(rerr)
 		}
 		err = unix.Symlinkat(string(target[:sz]), work, tmp)
 	default:
 		err = unix.Mknodat(work, tmp, st.Mode, int(st.Rdev))
 	}
 	if err != nil {
-		return -1, toErrno(err)
+		return -1, ofs.toErrno(err)
 	}
 	fd, err := openBuilt(work, tmp, mode, st.Rdev)
-	return fd, toErrno(err)
+	return fd, ofs.toErrno(err)
 }
 
 // setCopyAttrs gives the copy fd src's owner, mode, xattrs, origin and
@@ -408,5 +414,6 @@ func linkRef(r realRef, dirfd int, name string) error {
 // keepTimes puts back the times of directory fd that st had: a copy-up
 // or link-up adds an entry that the merged directory showed already.
 func keepTimes(fd int, st *unix.Stat_t) {
+	// Best effort, as the kernel's: times are not worth failing for.
 	_ = unix.UtimesNanoAt(fd, "", []unix.Timespec{st.Atim, st.Mtim}, unix.AT_EMPTY_PATH)
 }

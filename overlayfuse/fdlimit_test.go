@@ -102,10 +102,10 @@ func TestLowFileLimit(t *testing.T) {
 	must(t, os.MkdirAll(m.path("fresh/x/y"), 0o755))
 	writeFile(t, m.path("fresh/x/y/f"), "fresh", 0o644)
 	must(t, os.Rename(m.path("d19/s14"), m.path("fresh/moved")))
-	if got := readFile(t, m.path("fresh/moved/a")); got != "a" {
+	if got := testutil.ReadFile(t, m.path("fresh/moved/a")); got != "a" {
 		t.Fatalf("moved/a = %q", got)
 	}
-	if got := readFile(t, m.path("d00/s00/c")); got != "c" {
+	if got := testutil.ReadFile(t, m.path("d00/s00/c")); got != "c" {
 		t.Fatalf("d00/s00/c = %q", got)
 	}
 	ents, err := os.ReadDir(m.path("d03/s02"))

@@ -142,7 +142,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			n.countOpen(pt, !upper, -1)
 			n.mu.Unlock()
 		}
-		return nil, 0, toErrno(err)
+		return nil, 0, n.ofs.toErrno(err)
 	}
 	return n.newFile(fd, flags, upper, pt, !internal), n.openFlags(), 0
 }
@@ -181,13 +181,13 @@ func (f *file) readFd() (int, syscall.Errno) {
 		return f.fd, 0
 	}
 	if err != nil {
-		return -1, toErrno(err)
+		return -1, f.n.ofs.toErrno(err)
 	}
 	// The old fd may be in use by a concurrent read; dup2 swaps the file
 	// under the same number atomically.
 	if err := unix.Dup3(nfd, f.fd, unix.O_CLOEXEC); err != nil {
 		unix.Close(nfd)
-		return -1, toErrno(err)
+		return -1, f.n.ofs.toErrno(err)
 	}
 	unix.Close(nfd)
 	f.upper = true
@@ -204,14 +204,14 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 		defer putAligned(buf)
 		n, err := unix.Pread(fd, buf[:len(dest)], off)
 		if err != nil {
-			return nil, toErrno(err)
+			return nil, f.n.ofs.toErrno(err)
 		}
 		copy(dest, buf[:n])
 		return fuse.ReadResultData(dest[:n]), 0
 	}
 	n, err := unix.Pread(fd, dest, off)
 	if err != nil {
-		return nil, toErrno(err)
+		return nil, f.n.ofs.toErrno(err)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
 }
@@ -229,7 +229,7 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 		data = buf[:len(data)]
 	}
 	n, err := unix.Pwrite(f.fd, data, off)
-	return uint32(n), toErrno(err)
+	return uint32(n), f.n.ofs.toErrno(err)
 }
 
 func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
@@ -239,9 +239,9 @@ func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	if flags&fsyncFdatasync != 0 {
-		return toErrno(unix.Fdatasync(f.fd))
+		return f.n.ofs.toErrno(unix.Fdatasync(f.fd))
 	}
-	return toErrno(unix.Fsync(f.fd))
+	return f.n.ofs.toErrno(unix.Fsync(f.fd))
 }
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
@@ -258,7 +258,7 @@ func (f *file) Release(ctx context.Context) syscall.Errno {
 		f.n.countOpen(f.passthrough, f.ptLower, -1)
 		f.n.mu.Unlock()
 	}
-	return toErrno(err)
+	return f.n.ofs.toErrno(err)
 }
 
 func (f *file) fstat(st *unix.Stat_t) syscall.Errno {
@@ -266,7 +266,7 @@ func (f *file) fstat(st *unix.Stat_t) syscall.Errno {
 	if errno != 0 {
 		return errno
 	}
-	return toErrno(fstat(fd, st))
+	return f.n.ofs.toErrno(fstat(fd, st))
 }
 
 func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
@@ -276,7 +276,7 @@ func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return toErrno(unix.Fallocate(f.fd, mode, int64(off), int64(size)))
+	return f.n.ofs.toErrno(unix.Fallocate(f.fd, mode, int64(off), int64(size)))
 }
 
 func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
@@ -285,7 +285,7 @@ func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, sy
 		return 0, errno
 	}
 	n, err := unix.Seek(fd, int64(off), int(whence))
-	return uint64(n), toErrno(err)
+	return uint64(n), f.n.ofs.toErrno(err)
 }
 
 func (n *node) CopyFileRange(ctx context.Context, fhIn fs.FileHandle, offIn uint64, out *fs.Inode, fhOut fs.FileHandle,
@@ -303,7 +303,7 @@ func (n *node) CopyFileRange(ctx context.Context, fhIn fs.FileHandle, offIn uint
 	defer dst.mu.RUnlock()
 	roff, woff := int64(offIn), int64(offOut)
 	c, err := unix.CopyFileRange(rfd, &roff, dst.fd, &woff, int(length), int(flags))
-	return uint32(c), toErrno(err)
+	return uint32(c), n.ofs.toErrno(err)
 }
 
 // fsyncFdatasync is FUSE_FSYNC_FDATASYNC in fsync's flags.

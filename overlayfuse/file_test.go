@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/overlayfuse/overlayfuse/internal/testutil"
 )
 
 // eachMode runs fn on a fresh mount over one lower layer for every
@@ -95,8 +97,8 @@ func TestFileOps(t *testing.T) {
 		roff, woff := int64(100), int64(0)
 		n, err := unix.CopyFileRange(fd, &roff, out, &woff, 3, 0)
 		must(t, err)
-		if n != 3 || readFile(t, m.path("copy")) != "XYZ" {
-			t.Errorf("copy_file_range: %d %q", n, readFile(t, m.path("copy")))
+		if n != 3 || testutil.ReadFile(t, m.path("copy")) != "XYZ" {
+			t.Errorf("copy_file_range: %d %q", n, testutil.ReadFile(t, m.path("copy")))
 		}
 
 		// O_APPEND goes to the end.
@@ -105,7 +107,7 @@ func TestFileOps(t *testing.T) {
 		_, err = unix.Write(afd, []byte("+"))
 		must(t, err)
 		unix.Close(afd)
-		if got := readFile(t, m.path("g")); got != "g+" {
+		if got := testutil.ReadFile(t, m.path("g")); got != "g+" {
 			t.Errorf("append: %q", got)
 		}
 
@@ -150,7 +152,7 @@ func TestDirectIO(t *testing.T) {
 		if !bytes.Equal(rd, buf) {
 			t.Errorf("O_DIRECT read back differs")
 		}
-		if got := readFile(t, filepath.Join(m.upper, "f")); got[4096] != 'D' || got[0] != 'd' {
+		if got := testutil.ReadFile(t, filepath.Join(m.upper, "f")); got[4096] != 'D' || got[0] != 'd' {
 			t.Errorf("upper after O_DIRECT write: %q…", got[:8])
 		}
 	})
@@ -245,10 +247,10 @@ func TestMmapConsistency(t *testing.T) {
 		must(t, unix.Msync(wmap, unix.MS_SYNC))
 		must(t, unix.Munmap(wmap))
 
-		if got := readFile(t, filepath.Join(m.upper, "f"))[4096:4100]; got != "MMAP" {
+		if got := testutil.ReadFile(t, filepath.Join(m.upper, "f"))[4096:4100]; got != "MMAP" {
 			t.Errorf("upper after a writable map: %q", got)
 		}
-		if got := readFile(t, filepath.Join(m.lowers[0], "f"))[4096:4100]; got != "aaaa" {
+		if got := testutil.ReadFile(t, filepath.Join(m.lowers[0], "f"))[4096:4100]; got != "aaaa" {
 			t.Fatalf("the lower file changed: %q", got)
 		}
 		if roSeesWrites && string(rmap[4096:4100]) != "MMAP" {

@@ -281,7 +281,7 @@ func (n *node) setProtFlags(p uint32) syscall.Errno {
 	defer n.forgetXattrs()
 	x, done, err := n.xattrTarget(n.upperRef())
 	if err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	defer done()
 	if p == 0 {
@@ -293,7 +293,7 @@ func (n *node) setProtFlags(p uint32) syscall.Errno {
 		err = x.set(protattrXattr, protattrValue(p), 0)
 	}
 	if err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	n.mu.Lock()
 	n.prot = p | protKnown

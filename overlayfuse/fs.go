@@ -3,7 +3,6 @@ package overlayfuse
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -26,6 +25,7 @@ const workSubdir = "work"
 // overlayFS is the state one mount shares between its nodes.
 type overlayFS struct {
 	opts   Options
+	eio    eioLog
 	upper  *layer // nil when read-only
 	lowers []*layer
 	workFd int // O_PATH fd of <work>/work, -1 when read-only
@@ -123,7 +123,6 @@ func newOverlayFS(layers Layers, opts Options) (*overlayFS, error) {
 		ofs.lowers = append(ofs.lowers, l)
 		ofs.indexFS(l.dev)
 	}
-	raiseFileLimit()
 	dirFds.setBudget()
 	return ofs, nil
 }
@@ -203,6 +202,7 @@ func (ofs *overlayFS) ino(dev, ino uint64) uint64 {
 // mount from then on, as after a crash.
 func (ofs *overlayFS) end() {
 	ofs.endVolatile()
+	// Best effort: closing the fds releases the locks anyway.
 	if ofs.upper != nil && ofs.upper.fd >= 0 {
 		_ = unix.Flock(ofs.upper.fd, unix.LOCK_UN)
 	}
@@ -303,7 +303,12 @@ func (ofs *overlayFS) newRoot() (*node, error) {
 			continue
 		}
 		n.lowers = append(n.lowers, r)
-		if opaque, _ := isOpaque(fd); opaque {
+		opaque, err := isOpaque(fd)
+		if err != nil {
+			n.fds.closeAll()
+			return nil, fmt.Errorf("%s: read %s: %w", l.path, opaqueXattr, err)
+		}
+		if opaque {
 			break
 		}
 	}
@@ -355,29 +360,4 @@ func (ofs *overlayFS) liveNode(ino uint64) *node {
 	ofs.mu.Lock()
 	defer ofs.mu.Unlock()
 	return ofs.nodes[ino]
-}
-
-// raiseFileLimit lifts RLIMIT_NOFILE to its hard limit: every node holds
-// an O_PATH fd of its real file.
-func raiseFileLimit() {
-	var rl unix.Rlimit
-	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) != nil {
-		return
-	}
-	if max, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
-		if v, err := strconv.ParseUint(string(trimNL(max)), 10, 64); err == nil && v > rl.Max && os.Geteuid() == 0 {
-			rl.Max = v
-		}
-	}
-	if rl.Cur < rl.Max {
-		rl.Cur = rl.Max
-		_ = unix.Setrlimit(unix.RLIMIT_NOFILE, &rl)
-	}
-}
-
-func trimNL(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
-		b = b[:len(b)-1]
-	}
-	return b
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/overlayfuse/overlayfuse/internal/procsetup"
 	"github.com/overlayfuse/overlayfuse/internal/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -89,15 +90,6 @@ func writeFile(t testing.TB, path, data string, mode os.FileMode) {
 	must(t, unix.Chmod(path, uint32(mode)))
 }
 
-func readFile(t testing.TB, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
 func itoa(i int) string {
 	return string(rune('0'+i/100%10)) + string(rune('0'+i/10%10)) + string(rune('0'+i%10))
 }
@@ -150,6 +142,8 @@ func unlockThreadDirty() {}
 const serveEnv = "OVERLAYFUSE_TEST_SERVE"
 
 func TestMain(m *testing.M) {
+	// As the commands do at start; serving children inherit it.
+	procsetup.Setup()
 	if spec := os.Getenv(serveEnv); spec != "" {
 		os.Exit(serveChild(spec))
 	}

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/overlayfuse/overlayfuse/internal/testutil"
 )
 
 // TestUpperWorkInUse: a second mount of an upper and work dir that a live
@@ -66,13 +68,13 @@ func TestUpperWorkInUse(t *testing.T) {
 		t.Errorf("the refused mounts emptied the live mount's work dir: %v", err)
 	}
 	must(t, os.WriteFile(m.path("f"), []byte("upper"), 0o644))
-	if got := readFile(t, m.path("f")); got != "upper" {
+	if got := testutil.ReadFile(t, m.path("f")); got != "upper" {
 		t.Errorf("first mount after the refusals: %q", got)
 	}
 
 	m.unmount(t)
 	m2 := mountLayers(t, lowers, upper, work, Options{})
-	if got := readFile(t, m2.path("f")); got != "upper" {
+	if got := testutil.ReadFile(t, m2.path("f")); got != "upper" {
 		t.Errorf("mount after the first unmounted: %q", got)
 	}
 }

@@ -18,10 +18,25 @@ var _ fs.NodeIoctler = (*node)(nil)
 // kernel overlayfs does, and goes to the upper object, but for immutable
 // and append-only, which go to protattr (fileattr.go).
 const (
-	fsIocGetflags   = 0x80086601
-	fsIocSetflags   = 0x40086602
-	fsIocFsgetxattr = 0x801c581f
-	fsIocFssetxattr = 0x401c5820
+	fsIocGetflags = unix.FS_IOC_GETFLAGS
+	fsIocSetflags = unix.FS_IOC_SETFLAGS
+	// x/sys/unix lacks these: the kernel's _IOR('X', 31, struct fsxattr)
+	// and _IOW('X', 32, struct fsxattr).
+	fsIocFsgetxattr = iocRead | fsxattrSize<<16 | 'X'<<8 | 31
+	fsIocFssetxattr = iocWrite | fsxattrSize<<16 | 'X'<<8 | 32
+	// fsIocGetfsuuid is FS_IOC_GETFSUUID (Linux 6.5): _IOR(0x15, 0,
+	// struct fsuuid2), 17 bytes.
+	fsIocGetfsuuid = iocRead | 17<<16 | 0x15<<8 | 0
+)
+
+// The direction bits of _IOR and _IOW differ between architectures
+// (bits 30-31 on most, 29-31 on powerpc and mips); take this one's from
+// ioctls x/sys/unix defines. Sizes here are below 2^13, so bit 29 is a
+// direction bit wherever it is set.
+const (
+	iocRead     = unix.FS_IOC_GETFLAGS &^ 0x1fffffff
+	iocWrite    = unix.FS_IOC_SETFLAGS &^ 0x1fffffff
+	fsxattrSize = 28
 )
 
 func (n *node) Ioctl(ctx context.Context, f fs.FileHandle, cmd uint32, arg uint64, input []byte, output []byte) (int32, syscall.Errno) {
@@ -36,9 +51,9 @@ func (n *node) Ioctl(ctx context.Context, f fs.FileHandle, cmd uint32, arg uint6
 	case fsIocSetflags:
 		size, set = 4, true
 	case fsIocFsgetxattr:
-		size, imm, app = 28, fsxImmutable, fsxAppend
+		size, imm, app = fsxattrSize, fsxImmutable, fsxAppend
 	case fsIocFssetxattr:
-		size, set, imm, app = 28, true, fsxImmutable, fsxAppend
+		size, set, imm, app = fsxattrSize, true, fsxImmutable, fsxAppend
 	default:
 		return 0, syscall.ENOTTY
 	}
@@ -81,7 +96,7 @@ func (n *node) Ioctl(ctx context.Context, f fs.FileHandle, cmd uint32, arg uint6
 	}
 	fd, err := r.open(flags)
 	if err != nil {
-		return 0, toErrno(err)
+		return 0, n.ofs.toErrno(err)
 	}
 	defer unix.Close(fd)
 	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(cmd), uintptr(unsafe.Pointer(&buf[0])))

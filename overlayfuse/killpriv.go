@@ -51,16 +51,16 @@ func (f *file) killPrivOnWrite(ctx context.Context) syscall.Errno {
 	}
 	var st unix.Stat_t
 	if err := fstat(f.fd, &st); err != nil {
-		return toErrno(err)
+		return f.n.ofs.toErrno(err)
 	}
 	if unprivileged {
 		if err := killSuidgid(f.fd, &st); err != nil {
-			return toErrno(err)
+			return f.n.ofs.toErrno(err)
 		}
 	}
 	if hasCap {
 		if err := unix.Fremovexattr(f.fd, capabilityXattr); err != nil && err != unix.ENODATA {
-			return toErrno(err)
+			return f.n.ofs.toErrno(err)
 		}
 		n.forgetXattrs()
 	}
@@ -71,13 +71,13 @@ func (f *file) killPrivOnWrite(ctx context.Context) syscall.Errno {
 func (n *node) killPrivOnSetattr(up int) syscall.Errno {
 	var st unix.Stat_t
 	if err := fstat(up, &st); err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	if err := killSuidgid(up, &st); err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	if err := unix.Removexattr(fdPath(up), capabilityXattr); err != nil && err != unix.ENODATA && err != unix.ENOTSUP {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	n.forgetXattrs()
 	return 0

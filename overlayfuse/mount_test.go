@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/overlayfuse/overlayfuse/internal/testutil"
 )
 
 // TestSmoke mounts two lower layers and an upper, and checks the merge,
@@ -21,7 +23,7 @@ func TestSmoke(t *testing.T) {
 	writeFile(t, filepath.Join(lowers[0], "d/y"), "y", 0o644)
 	m := mountLayers(t, lowers, upper, work, Options{Debug: os.Getenv("OFDEBUG") != ""})
 
-	if got := readFile(t, m.path("a")); got != "top a" {
+	if got := testutil.ReadFile(t, m.path("a")); got != "top a" {
 		t.Errorf("a = %q, want the top layer's", got)
 	}
 	ents, err := os.ReadDir(m.path("d"))
@@ -40,13 +42,13 @@ func TestSmoke(t *testing.T) {
 	_, err = f.WriteString("+more")
 	must(t, err)
 	must(t, f.Close())
-	if got := readFile(t, m.path("b")); got != "bottom b+more" {
+	if got := testutil.ReadFile(t, m.path("b")); got != "bottom b+more" {
 		t.Errorf("b = %q after append", got)
 	}
-	if got := readFile(t, filepath.Join(upper, "b")); got != "bottom b+more" {
+	if got := testutil.ReadFile(t, filepath.Join(upper, "b")); got != "bottom b+more" {
 		t.Errorf("upper b = %q", got)
 	}
-	if got := readFile(t, filepath.Join(lowers[1], "b")); got != "bottom b" {
+	if got := testutil.ReadFile(t, filepath.Join(lowers[1], "b")); got != "bottom b" {
 		t.Errorf("lower b changed to %q", got)
 	}
 

@@ -53,7 +53,7 @@ func (n *node) prepareNew(ctx context.Context, name string) (ne newEntry, errno 
 	}
 	dir, done, err := n.upperDirFd()
 	if err != nil {
-		return ne, toErrno(err)
+		return ne, n.ofs.toErrno(err)
 	}
 	ne.dir, ne.done = dir, done
 	ne.overWhiteout = e.upperWhiteout
@@ -64,7 +64,7 @@ func (n *node) prepareNew(ctx context.Context, name string) (ne newEntry, errno 
 	var pst unix.Stat_t
 	if err := fstat(ne.dir, &pst); err != nil {
 		ne.done()
-		return ne, toErrno(err)
+		return ne, n.ofs.toErrno(err)
 	}
 	if pst.Mode&unix.S_ISGID != 0 {
 		ne.gid = int(pst.Gid)
@@ -81,10 +81,11 @@ func (ofs *overlayFS) place(fd int, tmp string, ne newEntry, name string) syscal
 		flags = unix.RENAME_EXCHANGE
 	}
 	if err := ofs.renameBuilt(fd, tmp, ne.dir, name, flags); err != nil {
-		_ = removeAt(ofs.workFd, tmp, true)
-		return toErrno(err)
+		_ = removeAt(ofs.workFd, tmp, true) // best effort: the next mount empties the work dir
+		return ofs.toErrno(err)
 	}
 	if ne.overWhiteout {
+		// The whiteout exchanged out; the next mount empties the work dir.
 		_ = unix.Unlinkat(ofs.workFd, tmp, 0)
 	}
 	return 0
@@ -124,25 +125,25 @@ func (n *node) makeNew(ctx context.Context, name string, mode uint32, rdev uint3
 	}
 	fd, err := mk(dir, at)
 	if err != nil {
-		return nil, toErrno(err)
+		return nil, n.ofs.toErrno(err)
 	}
 	if fd < 0 {
 		if fd, err = openBuilt(dir, at, mode&unix.S_IFMT, uint64(rdev)); err != nil {
 			_ = removeAt(dir, at, true)
-			return nil, toErrno(err)
+			return nil, n.ofs.toErrno(err)
 		}
 		defer unix.Close(fd)
 	}
 	if err := own(fd, ne, mode); err != nil {
 		_ = removeAt(dir, at, true)
-		return nil, toErrno(err)
+		return nil, n.ofs.toErrno(err)
 	}
 	if ne.overWhiteout {
 		if mode&unix.S_IFMT == unix.S_IFDIR {
 			// A directory made over a deleted one hides what was below.
 			if err := setOpaque(fd); err != nil {
 				_ = removeAt(dir, at, true)
-				return nil, toErrno(err)
+				return nil, n.ofs.toErrno(err)
 			}
 		}
 		if errno := n.ofs.place(fd, at, ne, name); errno != 0 {
@@ -160,17 +161,10 @@ func (n *node) newChild(ctx context.Context, name string, created bool, out *fus
 		return nil, errno
 	}
 	e.created = created
-	st := e.st
-	child, fresh, errno := n.ofs.nodeFor(ctx, n, name, &e)
+	child, errno := n.entryNode(ctx, name, &e, out)
 	if errno != 0 {
 		return nil, errno
 	}
-	if !fresh {
-		if err := child.real().stat(&st); err != nil {
-			return nil, toErrno(err)
-		}
-	}
-	child.fillAttr(&st, &out.Attr)
 	return child.EmbeddedInode(), 0
 }
 
@@ -251,11 +245,11 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	}
 	tfd, done, err := t.upperRef().pathFd()
 	if err != nil {
-		return nil, toErrno(err)
+		return nil, n.ofs.toErrno(err)
 	}
 	defer done()
 	if err := unix.Linkat(tfd, "", dir, at, unix.AT_EMPTY_PATH); err != nil {
-		return nil, toErrno(err)
+		return nil, n.ofs.toErrno(err)
 	}
 	if ne.overWhiteout {
 		if errno := n.ofs.place(tfd, at, ne, name); errno != 0 {
@@ -290,12 +284,12 @@ func (n *node) removeEntry(ctx context.Context, name string, e *entry, dir bool)
 	}
 	pfd, done, err := n.upperDirFd()
 	if err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	defer done()
 	lower := n.lowerPositive(name)
 	if !e.upper.valid() {
-		return toErrno(n.ofs.whiteout(pfd, name))
+		return n.ofs.toErrno(n.ofs.whiteout(pfd, name))
 	}
 	if !lower {
 		flag := 0
@@ -304,7 +298,7 @@ func (n *node) removeEntry(ctx context.Context, name string, e *entry, dir bool)
 		}
 		err := unix.Unlinkat(pfd, name, flag)
 		if err != unix.ENOTEMPTY {
-			return toErrno(err)
+			return n.ofs.toErrno(err)
 		}
 		// An upper directory that only holds whiteouts.
 	}
@@ -316,20 +310,28 @@ func (n *node) removeEntry(ctx context.Context, name string, e *entry, dir bool)
 		err = unix.Renameat2(pfd, name, n.ofs.workFd, tmp, 0)
 	}
 	if err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
+	// The name is gone from the merged view, which is what was asked;
+	// what stays in the work dir goes at the next mount.
 	_ = removeAt(n.ofs.workFd, tmp, dir)
 	return 0
 }
 
-func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+// resolveDeleted checks that name may be deleted from n and resolves it,
+// as Unlink and Rmdir start.
+func (n *node) resolveDeleted(ctx context.Context, name string) (entry, syscall.Errno) {
 	if n.ofs.readOnly() {
-		return syscall.EROFS
+		return entry{}, syscall.EROFS
 	}
 	if errno := n.checkDelete(ctx, name); errno != 0 {
-		return errno
+		return entry{}, errno
 	}
-	e, errno := n.resolve(name)
+	return n.resolve(name)
+}
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	e, errno := n.resolveDeleted(ctx, name)
 	if errno != 0 {
 		return errno
 	}
@@ -361,13 +363,7 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 }
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
-	if n.ofs.readOnly() {
-		return syscall.EROFS
-	}
-	if errno := n.checkDelete(ctx, name); errno != 0 {
-		return errno
-	}
-	e, errno := n.resolve(name)
+	e, errno := n.resolveDeleted(ctx, name)
 	if errno != 0 {
 		return errno
 	}
@@ -405,13 +401,13 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	}
 	dir, done, err := n.upperDirFd()
 	if err != nil {
-		return nil, nil, 0, toErrno(err)
+		return nil, nil, 0, n.ofs.toErrno(err)
 	}
 	defer done()
 	flags &= openFlagsPassed &^ unix.O_TRUNC
 	fd, err := unix.Openat(dir, ".", int(flags)|unix.O_TMPFILE|unix.O_CLOEXEC, mode&07777)
 	if err != nil {
-		return nil, nil, 0, toErrno(err)
+		return nil, nil, 0, n.ofs.toErrno(err)
 	}
 	var st unix.Stat_t
 	err = unix.Fstat(fd, &st)
@@ -430,7 +426,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	}
 	if err != nil {
 		unix.Close(fd)
-		return nil, nil, 0, toErrno(err)
+		return nil, nil, 0, n.ofs.toErrno(err)
 	}
 	child := n.ofs.newNode(realRef{layer: n.ofs.upper, fd: -1, fh: fh}, nil)
 	child.bornUpper = true

@@ -126,7 +126,7 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 			return errno
 		}
 	} else if err := n.real().stat(&st); err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	n.fillAttr(&st, &out.Attr)
 	return 0
@@ -166,7 +166,7 @@ func toSyscallStat(st *unix.Stat_t) *syscall.Stat_t {
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	var s unix.Statfs_t
 	if err := unix.Fstatfs(n.ofs.topLayer().fd, &s); err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	out.Blocks, out.Bfree, out.Bavail = s.Blocks, s.Bfree, s.Bavail
 	out.Files, out.Ffree = s.Files, s.Ffree
@@ -178,14 +178,14 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	fd, done, err := n.real().pathFd()
 	if err != nil {
-		return nil, toErrno(err)
+		return nil, n.ofs.toErrno(err)
 	}
 	defer done()
 	buf := make([]byte, 256)
 	for {
 		sz, err := unix.Readlinkat(fd, "", buf)
 		if err != nil {
-			return nil, toErrno(err)
+			return nil, n.ofs.toErrno(err)
 		}
 		if sz < len(buf) {
 			return buf[:sz], 0
@@ -258,7 +258,12 @@ func resolveIn(upper realRef, lowers []realRef, name string) (e entry, errno sys
 			if !e.isDir() {
 				return e, 0
 			}
-			if opaque, _ := r.isOpaque(); opaque {
+			opaque, err := r.isOpaque()
+			if err != nil {
+				e.release()
+				return e, toErrno(err)
+			}
+			if opaque {
 				return e, 0
 			}
 			isDir = true
@@ -302,7 +307,12 @@ func resolveIn(upper realRef, lowers []realRef, name string) (e entry, errno sys
 			break
 		}
 		isDir = true
-		if opaque, _ := r.isOpaque(); opaque {
+		opaque, err := r.isOpaque()
+		if err != nil {
+			e.release()
+			return e, toErrno(err)
+		}
+		if opaque {
 			break
 		}
 	}
@@ -310,6 +320,24 @@ func resolveIn(upper realRef, lowers []realRef, name string) (e entry, errno sys
 		return e, syscall.ENOENT
 	}
 	return e, 0
+}
+
+// entryNode gives the node of e, name resolved in n, and its attributes
+// in out, as Lookup and newChild end.
+func (n *node) entryNode(ctx context.Context, name string, e *entry, out *fuse.EntryOut) (*node, syscall.Errno) {
+	st := e.st
+	child, fresh, errno := n.ofs.nodeFor(ctx, n, name, e)
+	if errno != 0 {
+		return nil, errno
+	}
+	if !fresh {
+		// A known node: its real object's attributes, not the entry's.
+		if err := child.real().stat(&st); err != nil {
+			return nil, n.ofs.toErrno(err)
+		}
+	}
+	child.fillAttr(&st, &out.Attr)
+	return child, 0
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -320,17 +348,10 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	if errno != 0 {
 		return nil, errno
 	}
-	st := e.st
-	child, fresh, errno := n.ofs.nodeFor(ctx, n, name, &e)
+	child, errno := n.entryNode(ctx, name, &e, out)
 	if errno != 0 {
 		return nil, errno
 	}
-	if !fresh {
-		if err := child.real().stat(&st); err != nil {
-			return nil, toErrno(err)
-		}
-	}
-	child.fillAttr(&st, &out.Attr)
 	if isSetid(out.Attr.Mode) {
 		// READDIRPLUS puts the bridge's default over a zero attribute
 		// timeout (rawfs.go): take the shortest it keeps.
@@ -350,7 +371,7 @@ func (ofs *overlayFS) nodeFor(ctx context.Context, parent *node, name string, e 
 	case e.upper.valid():
 		pfd, done, err := parent.upperDirFd()
 		if err != nil {
-			return nil, false, toErrno(err)
+			return nil, false, ofs.toErrno(err)
 		}
 		ino = ofs.upperIno(pfd, name, &e.st)
 		done()

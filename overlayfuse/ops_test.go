@@ -64,7 +64,7 @@ func TestCopyUpKeepsMetadata(t *testing.T) {
 	if _, err := unix.Lgetxattr(filepath.Join(upper, "dir/f"), "trusted.overlay.x", buf); err == nil {
 		t.Errorf("private xattr copied up")
 	}
-	if got := readFile(t, filepath.Join(upper, "dir/f")); got != "data" {
+	if got := testutil.ReadFile(t, filepath.Join(upper, "dir/f")); got != "data" {
 		t.Errorf("upper data %q", got)
 	}
 
@@ -124,7 +124,7 @@ func TestWhiteoutsAndOpaque(t *testing.T) {
 	}
 	// A file made again over its whiteout.
 	writeFile(t, m.path("gone"), "back", 0o644)
-	if got := readFile(t, m.path("gone")); got != "back" {
+	if got := testutil.ReadFile(t, m.path("gone")); got != "back" {
 		t.Errorf("gone = %q", got)
 	}
 	wantErrno(t, unix.Unlink(m.path("nothere")), unix.ENOENT, "unlink missing")
@@ -173,7 +173,7 @@ func TestHardLinksStayLinked(t *testing.T) {
 		t.Fatalf("lower links: ino %d/%d nlink %d", st1.Ino, st2.Ino, st1.Nlink)
 	}
 	must(t, os.WriteFile(m.path("a/one"), []byte("new"), 0o644))
-	if got := readFile(t, m.path("b/two")); got != "new" {
+	if got := testutil.ReadFile(t, m.path("b/two")); got != "new" {
 		t.Errorf("other name reads %q after the write", got)
 	}
 	must(t, unix.Stat(m.path("b/two"), &st2))
@@ -202,14 +202,14 @@ func TestRenameLowerDir(t *testing.T) {
 	writeFile(t, filepath.Join(lowers[1], "dst/old"), "o", 0o644)
 	m := mountLayers(t, lowers, upper, work, Options{Debug: os.Getenv("OFDEBUG") != ""})
 	// Load part of the tree first, so live nodes must follow.
-	if got := readFile(t, m.path("src/sub/b")); got != "b" {
+	if got := testutil.ReadFile(t, m.path("src/sub/b")); got != "b" {
 		t.Fatalf("src/sub/b = %q", got)
 	}
 	must(t, os.Rename(m.path("src"), m.path("moved")))
 	if got := listNames(t, m.path("moved")); got != "a,c,link,sub" {
 		t.Errorf("moved lists %q", got)
 	}
-	if got := readFile(t, m.path("moved/sub/b")); got != "b" {
+	if got := testutil.ReadFile(t, m.path("moved/sub/b")); got != "b" {
 		t.Errorf("moved/sub/b = %q", got)
 	}
 	if _, err := os.Lstat(m.path("src")); !os.IsNotExist(err) {
@@ -224,10 +224,10 @@ func TestRenameLowerDir(t *testing.T) {
 	wantErrno(t, unix.Renameat2(unix.AT_FDCWD, m.path("dst/a"), unix.AT_FDCWD, m.path("dst/c"), unix.RENAME_NOREPLACE),
 		unix.EEXIST, "RENAME_NOREPLACE")
 	must(t, unix.Renameat2(unix.AT_FDCWD, m.path("dst/a"), unix.AT_FDCWD, m.path("dst/sub"), unix.RENAME_EXCHANGE))
-	if got := readFile(t, m.path("dst/sub")); got != "a" {
+	if got := testutil.ReadFile(t, m.path("dst/sub")); got != "a" {
 		t.Errorf("exchanged dst/sub = %q", got)
 	}
-	if got := readFile(t, m.path("dst/a/b")); got != "b" {
+	if got := testutil.ReadFile(t, m.path("dst/a/b")); got != "b" {
 		t.Errorf("exchanged dst/a/b = %q", got)
 	}
 }
@@ -323,7 +323,7 @@ func TestManyLowerLayers(t *testing.T) {
 	}
 	must(t, unix.Mknod(filepath.Join(lowers[100], "d", "f"+itoa(150)), unix.S_IFCHR, 0))
 	m := mountLayers(t, lowers, upper, work, Options{})
-	if got := readFile(t, m.path("shared")); got != itoa(0) {
+	if got := testutil.ReadFile(t, m.path("shared")); got != itoa(0) {
 		t.Errorf("shared = %q, want the top layer's", got)
 	}
 	ents, err := os.ReadDir(m.path("d"))
@@ -334,7 +334,7 @@ func TestManyLowerLayers(t *testing.T) {
 	if _, err := os.Stat(m.path("d/f150")); !os.IsNotExist(err) {
 		t.Errorf("f150 under a whiteout: %v", err)
 	}
-	if got := readFile(t, m.path("d/f199")); got != itoa(199) {
+	if got := testutil.ReadFile(t, m.path("d/f199")); got != itoa(199) {
 		t.Errorf("d/f199 = %q", got)
 	}
 }
@@ -378,10 +378,10 @@ func TestReadOnlyFdSeesCopyUp(t *testing.T) {
 			if got, _ := os.ReadFile(filepath.Join(lowers[0], "f")); !bytes.Equal(got, bytes.Repeat([]byte("a"), 8192)) {
 				t.Fatalf("the lower file changed")
 			}
-			if got := readFile(t, m.path("f"))[4096:4100]; got != "bbbb" {
+			if got := testutil.ReadFile(t, m.path("f"))[4096:4100]; got != "bbbb" {
 				t.Errorf("a new open reads %q", got)
 			}
-			if got := readFile(t, filepath.Join(upper, "f"))[4096:4100]; got != "bbbb" {
+			if got := testutil.ReadFile(t, filepath.Join(upper, "f"))[4096:4100]; got != "bbbb" {
 				t.Errorf("the upper file holds %q", got)
 			}
 			_, err = ro.ReadAt(buf, 4096)

@@ -70,20 +70,37 @@ type Options struct {
 	Volatile bool
 }
 
-func (o *Options) setDefaults() error {
-	switch o.Passthrough {
+// ParsePassthrough parses a passthrough setting; empty means
+// PassthroughAuto.
+func ParsePassthrough(s string) (Passthrough, error) {
+	switch p := Passthrough(s); p {
 	case "":
-		o.Passthrough = PassthroughAuto
+		return PassthroughAuto, nil
 	case PassthroughAuto, PassthroughOn, PassthroughOff:
-	default:
-		return fmt.Errorf("passthrough=%q: want auto, on or off", o.Passthrough)
+		return p, nil
 	}
-	switch o.Consistency {
+	return "", fmt.Errorf("passthrough=%q: want auto, on or off", s)
+}
+
+// ParseConsistency parses a consistency setting; empty means
+// ConsistencyDefault.
+func ParseConsistency(s string) (Consistency, error) {
+	switch c := Consistency(s); c {
 	case "":
-		o.Consistency = ConsistencyDefault
+		return ConsistencyDefault, nil
 	case ConsistencyDefault, ConsistencyStrict:
-	default:
-		return fmt.Errorf("consistency=%q: want default or strict", o.Consistency)
+		return c, nil
+	}
+	return "", fmt.Errorf("consistency=%q: want default or strict", s)
+}
+
+// Validate reports the first setting Mount would reject.
+func (o *Options) Validate() error {
+	if _, err := ParsePassthrough(string(o.Passthrough)); err != nil {
+		return err
+	}
+	if _, err := ParseConsistency(string(o.Consistency)); err != nil {
+		return err
 	}
 	for _, f := range o.MountFlags {
 		switch f {
@@ -92,6 +109,17 @@ func (o *Options) setDefaults() error {
 			return fmt.Errorf("mount flag %q: want [no]suid, [no]dev or [no]exec", f)
 		}
 	}
+	return nil
+}
+
+// setDefaults validates o and fills in what is left empty.
+func (o *Options) setDefaults() error {
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	// Valid, so the parses cannot fail.
+	o.Passthrough, _ = ParsePassthrough(string(o.Passthrough))
+	o.Consistency, _ = ParseConsistency(string(o.Consistency))
 	if o.FsName == "" {
 		o.FsName = "overlayfuse"
 	}

@@ -24,8 +24,6 @@ const (
 	ovlFhVersion = 0
 	ovlFhMagic   = 0xfb
 	ovlFbHdrLen  = 21 // version, magic, len, flags, type, uuid[16]
-	// fsIocGetfsuuid is FS_IOC_GETFSUUID (Linux 6.5).
-	fsIocGetfsuuid = 0x80111500
 )
 
 // fsUUID is the uuid of the filesystem of fd, nil if it tells none.

@@ -57,6 +57,8 @@ func (ofs *overlayFS) probePassthrough() error {
 	if errno != 0 {
 		return fmt.Errorf("registering a backing file: %w (needs CAP_SYS_ADMIN)", errno)
 	}
+	// The probe's answer is in; a failed unregister leaves one id of a
+	// closed memfd, freed with the connection.
 	_ = ofs.server.UnregisterBackingFd(id)
 	ofs.passthrough = true
 	return nil

@@ -243,10 +243,10 @@ func TestReopenMagicLink(t *testing.T) {
 				_, err = unix.Write(w, []byte("y\n"))
 				must(t, err)
 				must(t, unix.Close(w))
-				if got := readFile(t, filepath.Join(dir, "f")); got != "x\ny\n" {
+				if got := testutil.ReadFile(t, filepath.Join(dir, "f")); got != "x\ny\n" {
 					t.Errorf("after the write: %q", got)
 				}
-				if got := readFile(t, filepath.Join(lowers[0], "f")); got != "x\n" {
+				if got := testutil.ReadFile(t, filepath.Join(lowers[0], "f")); got != "x\n" {
 					t.Fatalf("the lower file changed: %q", got)
 				}
 			})

@@ -84,7 +84,7 @@ func (ofs *overlayFS) listMerged(upper realRef, lowers []realRef) ([]fuse.DirEnt
 	for i, s := range srcs {
 		dfd, err := s.open(unix.O_RDONLY | unix.O_DIRECTORY)
 		if err != nil {
-			return nil, toErrno(err)
+			return nil, ofs.toErrno(err)
 		}
 		names, err := readNames(dfd)
 		if err == nil {
@@ -114,7 +114,7 @@ func (ofs *overlayFS) listMerged(upper realRef, lowers []realRef) ([]fuse.DirEnt
 		}
 		unix.Close(dfd)
 		if err != nil {
-			return nil, toErrno(err)
+			return nil, ofs.toErrno(err)
 		}
 	}
 	return out, 0
@@ -248,8 +248,8 @@ func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 	}
 	dfd, err := up.open(unix.O_RDONLY | unix.O_DIRECTORY)
 	if err != nil {
-		return toErrno(err)
+		return d.n.ofs.toErrno(err)
 	}
 	defer unix.Close(dfd)
-	return toErrno(unix.Fsync(dfd))
+	return d.n.ofs.toErrno(unix.Fsync(dfd))
 }

@@ -97,12 +97,12 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 	d1, done1, err := n.upperDirFd()
 	if err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	defer done1()
 	d2, done2, err := p2.upperDirFd()
 	if err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	defer done2()
 	if dstExists && !exchange && !dstDir {
@@ -119,12 +119,12 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 			// An empty merged directory may still hold whiteouts.
 			fd, done, err := up.pathFd()
 			if err != nil {
-				return toErrno(err)
+				return n.ofs.toErrno(err)
 			}
 			err = removeChildren(fd)
 			done()
 			if err != nil {
-				return toErrno(err)
+				return n.ofs.toErrno(err)
 			}
 		}
 		rf := uint(0)
@@ -136,7 +136,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		err = n.renameToFree(d1, name, d2, newName, srcLower)
 	}
 	if err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	if n != p2 {
 		// As the kernel: a directory that an entry with an origin moved
@@ -150,12 +150,12 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	// merge with it.
 	if srcDir && dstLower {
 		if err := srcNode.upperRef().setOpaque(); err != nil {
-			return toErrno(err)
+			return n.ofs.toErrno(err)
 		}
 	}
 	if exchange && dstDir && srcLower {
 		if err := dstNode.upperRef().setOpaque(); err != nil {
-			return toErrno(err)
+			return n.ofs.toErrno(err)
 		}
 	}
 	return 0
@@ -234,7 +234,7 @@ func (ofs *overlayFS) copyUpTree(upper realRef, lowers []realRef, links map[uint
 			return errno
 		}
 	}
-	return toErrno(upper.setOpaque())
+	return ofs.toErrno(upper.setOpaque())
 }
 
 func (ofs *overlayFS) copyUpTreeEntry(upper realRef, lowers []realRef, name string, links map[uint64]realRef) syscall.Errno {
@@ -252,17 +252,17 @@ func (ofs *overlayFS) copyUpTreeEntry(upper realRef, lowers []realRef, name stri
 		// otherwise pin two per level.
 		ufd, done, err := upper.pathFd()
 		if err != nil {
-			return toErrno(err)
+			return ofs.toErrno(err)
 		}
 		if !isDir && e.lowerSt.Nlink > 1 {
 			ino := ofs.ino(e.lowerSt.Dev, e.lowerSt.Ino)
 			if r, ok := links[ino]; ok {
 				defer done()
-				return toErrno(linkRef(r, ufd, name))
+				return ofs.toErrno(linkRef(r, ufd, name))
 			}
 			if live := ofs.liveNode(ino); live != nil && live.hasUpper() {
 				defer done()
-				return toErrno(linkRef(live.upperRef(), ufd, name))
+				return ofs.toErrno(linkRef(live.upperRef(), ufd, name))
 			}
 		}
 		r, errno := ofs.copyUpObject(e.lowers[0], ufd, name)

@@ -25,7 +25,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	}
 	up, done, err := n.setattrFd(f)
 	if err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	defer done()
 	symlink := n.StableAttr().Mode == syscall.S_IFLNK
@@ -41,12 +41,12 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 			g = int(gid)
 		}
 		if err := unix.Fchownat(up, "", u, g, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return toErrno(err)
+			return n.ofs.toErrno(err)
 		}
 	}
 	if mode, ok := in.GetMode(); ok && !symlink {
 		if err := unix.Fchmodat(unix.AT_FDCWD, fdPath(up), mode&07777, 0); err != nil {
-			return toErrno(err)
+			return n.ofs.toErrno(err)
 		}
 	}
 	if size, ok := in.GetSize(); ok {
@@ -71,7 +71,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 			ts[1] = unix.Timespec{Nsec: unix.UTIME_NOW}
 		}
 		if err := unix.UtimesNanoAt(up, "", ts, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return toErrno(err)
+			return n.ofs.toErrno(err)
 		}
 	}
 	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 && !symlink {
@@ -81,7 +81,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	}
 	var st unix.Stat_t
 	if err := fstat(up, &st); err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	n.fillAttr(&st, &out.Attr)
 	return 0
@@ -93,14 +93,14 @@ func (n *node) truncate(f fs.FileHandle, size int64) syscall.Errno {
 	if fh, ok := f.(*file); ok && fh.flags&unix.O_ACCMODE != unix.O_RDONLY {
 		fh.mu.RLock()
 		defer fh.mu.RUnlock()
-		return toErrno(unix.Ftruncate(fh.fd, size))
+		return n.ofs.toErrno(unix.Ftruncate(fh.fd, size))
 	}
 	fd, err := n.upperRef().open(unix.O_WRONLY)
 	if err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	defer unix.Close(fd)
-	return toErrno(unix.Ftruncate(fd, size))
+	return n.ofs.toErrno(unix.Ftruncate(fd, size))
 }
 
 // setattrFd is an fd of the upper object for the changes: the open

@@ -1,7 +1,10 @@
 package overlayfuse
 
 import (
+	"errors"
+	"log"
 	"strconv"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -167,12 +170,67 @@ func unmountDetach(mountpoint string) error {
 	return unix.Unmount(mountpoint, unix.MNT_DETACH)
 }
 
+// toErrno maps err to the errno the kernel gets, through wrapping (as
+// go-fuse's fs.ToErrno): an error without one becomes EIO. Code with a
+// mount at hand uses overlayFS.toErrno, which also logs those.
 func toErrno(err error) syscall.Errno {
 	if err == nil {
 		return 0
 	}
-	if e, ok := err.(syscall.Errno); ok {
+	if e, ok := err.(syscall.Errno); ok && e != 0 {
+		return e // the common case, without errors.As' reflection
+	}
+	var e syscall.Errno
+	if errors.As(err, &e) && e != 0 {
 		return e
 	}
 	return syscall.EIO
+}
+
+// maxEIOMessages bounds the distinct messages eioLog remembers: messages
+// may name paths, and a hot failure must not grow memory or flood the log.
+const maxEIOMessages = 64
+
+// eioLog logs each distinct error turned into EIO once.
+type eioLog struct {
+	mu         sync.Mutex
+	seen       map[string]struct{}
+	suppressed bool
+}
+
+func (l *eioLog) log(logger *log.Logger, err error) {
+	msg := err.Error()
+	l.mu.Lock()
+	_, seen := l.seen[msg]
+	full := len(l.seen) >= maxEIOMessages
+	first := !seen && !full
+	if first {
+		if l.seen == nil {
+			l.seen = make(map[string]struct{})
+		}
+		l.seen[msg] = struct{}{}
+	}
+	noteFull := !seen && full && !l.suppressed
+	if noteFull {
+		l.suppressed = true
+	}
+	l.mu.Unlock()
+	if logger == nil {
+		logger = log.Default()
+	}
+	switch {
+	case first:
+		logger.Printf("overlayfuse: EIO for: %v", err)
+	case noteFull:
+		logger.Printf("overlayfuse: EIO for: %v (further new EIO causes not logged)", err)
+	}
+}
+
+// toErrno is toErrno that logs, once per message, what it turns into EIO.
+func (ofs *overlayFS) toErrno(err error) syscall.Errno {
+	e := toErrno(err)
+	if e == syscall.EIO && !errors.Is(err, syscall.EIO) {
+		ofs.eio.log(ofs.opts.Logger, err)
+	}
+	return e
 }

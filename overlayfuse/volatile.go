@@ -66,5 +66,7 @@ func (ofs *overlayFS) endVolatile() {
 		ofs.opts.Logger.Printf("overlayfuse: volatile mount: sync of upperdir %s: %v; its work dir keeps the volatile mark", ofs.upper.path, err)
 		return
 	}
-	_ = removeAt(ofs.workFd, incompatDir, true)
+	if err := removeAt(ofs.workFd, incompatDir, true); err != nil {
+		ofs.opts.Logger.Printf("overlayfuse: volatile mount: removing the volatile mark of %s: %v; the next mount of this upper will refuse", ofs.upper.path, err)
+	}
 }

@@ -36,7 +36,7 @@ func TestVolatileMark(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(work, workSubdir, "incompat")); !os.IsNotExist(err) {
 		t.Errorf("after a clean unmount the mark is still there: %v", err)
 	}
-	if got := readFile(t, filepath.Join(upper, "f")); got != "lower+" {
+	if got := testutil.ReadFile(t, filepath.Join(upper, "f")); got != "lower+" {
 		t.Errorf("upper f: %q", got)
 	}
 

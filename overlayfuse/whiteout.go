@@ -88,11 +88,13 @@ func (ofs *overlayFS) swapForWhiteout(dirfd int, name string) (string, error) {
 	}
 	var st unix.Stat_t
 	if err := unix.Renameat2(ofs.workFd, tmp, dirfd, name, unix.RENAME_EXCHANGE); err != nil {
-		_ = unix.Unlinkat(ofs.workFd, tmp, 0)
+		_ = unix.Unlinkat(ofs.workFd, tmp, 0) // best effort: the next mount empties the work dir
 		return "", err
 	}
 	if lstatAt(dirfd, name, &st) != nil || !isWhiteout(&st) {
-		_ = unix.Renameat2(ofs.workFd, tmp, dirfd, name, unix.RENAME_EXCHANGE)
+		if err := unix.Renameat2(ofs.workFd, tmp, dirfd, name, unix.RENAME_EXCHANGE); err != nil {
+			ofs.opts.Logger.Printf("overlayfuse: putting back what replaced the whiteout %s: %v", tmp, err)
+		}
 		return "", unix.EIO
 	}
 	return tmp, nil

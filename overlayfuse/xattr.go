@@ -42,7 +42,7 @@ func (n *node) xattrNames() ([]string, syscall.Errno) {
 	n.mu.Unlock()
 	x, done, err := n.xattrTarget(r)
 	if err != nil {
-		return nil, toErrno(err)
+		return nil, n.ofs.toErrno(err)
 	}
 	names, err := x.listAll()
 	done()
@@ -50,7 +50,7 @@ func (n *node) xattrNames() ([]string, syscall.Errno) {
 		names, err = nil, nil
 	}
 	if err != nil {
-		return nil, toErrno(err)
+		return nil, n.ofs.toErrno(err)
 	}
 	n.mu.Lock()
 	if n.realLocked() == r {
@@ -84,11 +84,11 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	}
 	x, done, err := n.xattrTarget(n.real())
 	if err != nil {
-		return 0, toErrno(err)
+		return 0, n.ofs.toErrno(err)
 	}
 	defer done()
 	sz, err := x.get(attr, dest)
-	return uint32(sz), toErrno(err)
+	return uint32(sz), n.ofs.toErrno(err)
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
@@ -125,16 +125,7 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if errno := n.checkChange(); errno != 0 {
 		return errno
 	}
-	if errno := n.copyUp(ctx); errno != 0 {
-		return errno
-	}
-	defer n.forgetXattrs()
-	x, done, err := n.xattrTarget(n.upperRef())
-	if err != nil {
-		return toErrno(err)
-	}
-	defer done()
-	return toErrno(x.set(attr, data, int(flags)))
+	return n.changeXattrs(ctx, func(x xpath) error { return x.set(attr, data, int(flags)) })
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
@@ -152,16 +143,22 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if !slices.Contains(names, attr) {
 		return syscall.ENODATA
 	}
+	return n.changeXattrs(ctx, func(x xpath) error { return x.remove(attr) })
+}
+
+// changeXattrs copies n up and runs change on the xattrs of its upper
+// object.
+func (n *node) changeXattrs(ctx context.Context, change func(xpath) error) syscall.Errno {
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
 	defer n.forgetXattrs()
 	x, done, err := n.xattrTarget(n.upperRef())
 	if err != nil {
-		return toErrno(err)
+		return n.ofs.toErrno(err)
 	}
 	defer done()
-	return toErrno(x.remove(attr))
+	return n.ofs.toErrno(change(x))
 }
 
 // xattrTarget names r, a real object of n, for the xattr calls, through

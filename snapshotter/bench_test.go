@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/overlayfuse/overlayfuse/internal/testutil"
+	"github.com/overlayfuse/overlayfuse/internal/testutil/mounttest"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"golang.org/x/sys/unix"
@@ -36,7 +37,7 @@ func BenchmarkPrepareMount20Layers(b *testing.B) {
 	s, _ := newTestSnapshotter(b)
 	top := commitChain(ctx, b, s, 20)
 	target := b.TempDir()
-	b.Cleanup(func() { unmountTarget(b, target) })
+	b.Cleanup(func() { mounttest.Detach(b, target) })
 
 	b.ResetTimer()
 	for i := range b.N {

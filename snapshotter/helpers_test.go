@@ -9,13 +9,19 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/moby/sys/mountinfo"
-	"golang.org/x/sys/unix"
 
+	"github.com/overlayfuse/overlayfuse/internal/procsetup"
 	"github.com/overlayfuse/overlayfuse/internal/testutil"
+	"github.com/overlayfuse/overlayfuse/internal/testutil/mounttest"
 )
+
+func TestMain(m *testing.M) {
+	// As containerd-overlay-grpc does at start: the mounts need umask 0.
+	procsetup.Setup()
+	os.Exit(m.Run())
+}
 
 // newTestSnapshotter opens a snapshotter on a fresh root and closes it
 // (ending every mount) when the test ends, also on failure.
@@ -31,44 +37,9 @@ func newTestSnapshotter(t testing.TB, opts ...Opt) (*Snapshotter, string) {
 		if err := s.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
-		assertNoMounts(t, s.Root())
+		mounttest.AssertNoMounts(t, s.Root())
 	})
 	return s, s.Root()
-}
-
-// mountAt mounts what a snapshotter returned on a new directory, as
-// containerd does, and unmounts it when the test ends.
-func mountAt(t testing.TB, mounts []mount.Mount) string {
-	t.Helper()
-	target := t.TempDir()
-	if err := mount.All(mounts, target); err != nil {
-		t.Fatalf("mount %+v: %v", mounts, err)
-	}
-	t.Cleanup(func() { unmountTarget(t, target) })
-	return target
-}
-
-// unmountTarget unmounts target if it is still mounted; a mount of a dead
-// FUSE server is detached.
-func unmountTarget(t testing.TB, target string) {
-	t.Helper()
-	if err := unix.Unmount(target, unix.MNT_DETACH); err != nil && err != unix.EINVAL && err != unix.ENOENT {
-		t.Errorf("unmount %s: %v", target, err)
-	}
-}
-
-// assertNoMounts fails the test if anything is still mounted under dir.
-func assertNoMounts(t testing.TB, dir string) {
-	t.Helper()
-	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
-	if err != nil {
-		t.Errorf("mountinfo: %v", err)
-		return
-	}
-	for _, m := range infos {
-		t.Errorf("left mounted: %s (%s)", m.Mountpoint, m.FSType)
-		_ = unix.Unmount(m.Mountpoint, unix.MNT_DETACH)
-	}
 }
 
 // isFUSEMount reports whether dir is the mountpoint of a FUSE mount.
@@ -90,7 +61,7 @@ func commitLayer(ctx context.Context, t testing.TB, s snapshots.Snapshotter, nam
 	if err != nil {
 		t.Fatalf("Prepare %s: %v", key, err)
 	}
-	target := mountAt(t, m)
+	target := mounttest.MountAt(t, m)
 	for p, data := range files {
 		full := filepath.Join(target, p)
 		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
@@ -100,7 +71,7 @@ func commitLayer(ctx context.Context, t testing.TB, s snapshots.Snapshotter, nam
 			t.Fatal(err)
 		}
 	}
-	unmountTarget(t, target)
+	mounttest.Detach(t, target)
 	if err := s.Commit(ctx, name, key); err != nil {
 		t.Fatalf("Commit %s: %v", name, err)
 	}

@@ -26,27 +26,19 @@ func AsynchronousRemove(c *config) error {
 	return nil
 }
 
-// WithPassthrough selects FUSE passthrough for every overlay mount.
+// WithPassthrough selects FUSE passthrough for every overlay mount;
+// NewSnapshotter validates it.
 func WithPassthrough(p overlayfuse.Passthrough) Opt {
 	return func(c *config) error {
-		switch p {
-		case overlayfuse.PassthroughAuto, overlayfuse.PassthroughOn, overlayfuse.PassthroughOff:
-		default:
-			return fmt.Errorf("passthrough %q: want auto, on or off", p)
-		}
 		c.passthrough = p
 		return nil
 	}
 }
 
-// WithConsistency selects the consistency mode of every overlay mount.
+// WithConsistency selects the consistency mode of every overlay mount;
+// NewSnapshotter validates it.
 func WithConsistency(m overlayfuse.Consistency) Opt {
 	return func(c *config) error {
-		switch m {
-		case overlayfuse.ConsistencyDefault, overlayfuse.ConsistencyStrict:
-		default:
-			return fmt.Errorf("consistency %q: want default or strict", m)
-		}
 		c.consistency = m
 		return nil
 	}

@@ -40,7 +40,9 @@ func (o *Snapshotter) probe(ctx context.Context) error {
 	if err := srv.Unmount(); err != nil {
 		return fmt.Errorf("unmount probe overlay: %w", err)
 	}
+	// Validated in NewSnapshotter; this names the default.
+	consistency, _ := overlayfuse.ParseConsistency(string(opts.Consistency))
 	log.G(ctx).WithField("passthrough", passthrough).
-		WithField("consistency", opts.Consistency).Info("FUSE overlay works")
+		WithField("consistency", consistency).Info("FUSE overlay works")
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/overlayfuse/overlayfuse/internal/testutil"
+	"github.com/overlayfuse/overlayfuse/internal/testutil/mounttest"
 )
 
 // crash leaves the root as a killed process does: every FUSE connection is
@@ -38,7 +39,7 @@ func TestRecoverAfterCrash(t *testing.T) {
 	ctx := context.Background()
 	testutil.RequireFUSE(t)
 	root := t.TempDir()
-	t.Cleanup(func() { assertNoMounts(t, root) })
+	t.Cleanup(func() { mounttest.AssertNoMounts(t, root) })
 
 	s1, err := NewSnapshotter(root)
 	if err != nil {
@@ -51,11 +52,11 @@ func TestRecoverAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	target := mountAt(t, m)
+	target := mounttest.MountAt(t, m)
 	if err := os.WriteFile(filepath.Join(target, "upper"), []byte("U"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	unmountTarget(t, target)
+	mounttest.Detach(t, target)
 	v, err := s1.View(ctx, "view", "l2")
 	if err != nil {
 		t.Fatal(err)
@@ -90,13 +91,13 @@ func TestRecoverAfterCrash(t *testing.T) {
 		if !isFUSEMount(t, m[0].Source) {
 			t.Errorf("%s: %s not mounted again", key, m[0].Source)
 		}
-		target := mountAt(t, m)
+		target := mounttest.MountAt(t, m)
 		for p, data := range want {
 			if b, err := os.ReadFile(filepath.Join(target, p)); err != nil || string(b) != data {
 				t.Errorf("%s: read %s: %q %v, want %q", key, p, b, err, data)
 			}
 		}
-		unmountTarget(t, target)
+		mounttest.Detach(t, target)
 	}
 	// The active snapshot is writable and committable after the restart.
 	if err := s2.Commit(ctx, "c", "active"); err != nil {

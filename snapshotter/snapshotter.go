@@ -27,6 +27,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/continuity/fs"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
 	"github.com/overlayfuse/overlayfuse/overlayfuse"
@@ -57,15 +58,21 @@ var (
 // mounted again, so active snapshots survive a restart of the daemon.
 // Only one snapshotter may use a root at a time.
 func NewSnapshotter(root string, opts ...Opt) (*Snapshotter, error) {
-	c := config{
-		passthrough:    overlayfuse.PassthroughAuto,
-		consistency:    overlayfuse.ConsistencyDefault,
-		unmountTimeout: defaultUnmountTimeout,
-	}
+	c := config{unmountTimeout: defaultUnmountTimeout}
 	for _, opt := range opts {
 		if err := opt(&c); err != nil {
 			return nil, fmt.Errorf("snapshotter option: %w", err)
 		}
+	}
+	mountOpts := overlayfuse.Options{
+		Passthrough: c.passthrough,
+		Consistency: c.consistency,
+		FsName:      "overlayfuse",
+		Debug:       c.fuseDebug,
+	}
+	// Before anything is made at root.
+	if err := mountOpts.Validate(); err != nil {
+		return nil, fmt.Errorf("snapshotter option: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
 
 	if err := os.MkdirAll(root, 0o700); err != nil {
@@ -96,18 +103,13 @@ func NewSnapshotter(root string, opts ...Opt) (*Snapshotter, error) {
 
 	// overlayfuse logs through the standard logger; hand it to ours.
 	w := log.L.WithField("component", "overlayfuse").WriterLevel(log.InfoLevel)
+	mountOpts.Logger = stdlog.New(w, "", 0)
 	s := &Snapshotter{
 		root:        root,
 		ms:          ms,
 		asyncRemove: c.asyncRemove,
 		logWriter:   w,
-		live: newLiveMounts(overlayfuse.Options{
-			Passthrough: c.passthrough,
-			Consistency: c.consistency,
-			FsName:      "overlayfuse",
-			Debug:       c.fuseDebug,
-			Logger:      stdlog.New(w, "", 0),
-		}, c.unmountTimeout),
+		live:        newLiveMounts(mountOpts, c.unmountTimeout),
 	}
 	// An earlier process that ended without unmounting left dead mounts
 	// (ENOTCONN): detach them, check that FUSE works, and serve again

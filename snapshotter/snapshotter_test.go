@@ -6,6 +6,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/overlayfuse/overlayfuse/internal/testutil"
+	"github.com/overlayfuse/overlayfuse/internal/testutil/mounttest"
 )
 
 // TestSnapshotterSuite runs containerd's conformance suite in process.
@@ -79,7 +81,7 @@ func TestMountAnswers(t *testing.T) {
 			if got := isFUSEMount(t, m[0].Source); got != tc.fuse {
 				t.Errorf("%s is a FUSE mount: %v, want %v", m[0].Source, got, tc.fuse)
 			}
-			target := mountAt(t, m)
+			target := mounttest.MountAt(t, m)
 			if tc.parent != "" {
 				if b, err := os.ReadFile(filepath.Join(target, "a")); err != nil || string(b) != "1" {
 					t.Errorf("read a: %q %v", b, err)
@@ -91,7 +93,7 @@ func TestMountAnswers(t *testing.T) {
 			} else if !tc.view && err != nil {
 				t.Errorf("write: %v", err)
 			}
-			unmountTarget(t, target)
+			mounttest.Detach(t, target)
 			if err := s.Remove(ctx, tc.name); err != nil {
 				t.Fatal(err)
 			}
@@ -169,7 +171,7 @@ func TestCommitUsageAndLayers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	target := mountAt(t, m)
+	target := mounttest.MountAt(t, m)
 	for p, want := range map[string]string{"f": "two!", "dir/g": "g"} {
 		if b, err := os.ReadFile(filepath.Join(target, p)); err != nil || string(b) != want {
 			t.Errorf("%s: %q %v, want %q", p, b, err, want)
@@ -228,7 +230,7 @@ func TestCommitWithLeftoverBindMount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	target := mountAt(t, m) // not unmounted before Commit
+	target := mounttest.MountAt(t, m) // not unmounted before Commit
 	if err := os.WriteFile(filepath.Join(target, "f"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +257,7 @@ func TestCloseEndsEveryMount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = s.Close(); assertNoMounts(t, s.Root()) })
+	t.Cleanup(func() { _ = s.Close(); mounttest.AssertNoMounts(t, s.Root()) })
 	commitLayer(ctx, t, s, "base", "", nil)
 	var sources []string
 	for _, key := range []string{"a", "b", "c"} {
@@ -275,5 +277,23 @@ func TestCloseEndsEveryMount(t *testing.T) {
 	}
 	if _, err := s.Prepare(ctx, "d", "base"); err == nil {
 		t.Error("Prepare after Close succeeded")
+	}
+}
+
+// Bad overlay options are rejected by the library's validation, as
+// invalid arguments, before anything is made at root.
+func TestBadMountOptions(t *testing.T) {
+	for _, opt := range []Opt{
+		WithPassthrough("yes"),
+		WithConsistency("weak"),
+	} {
+		root := filepath.Join(t.TempDir(), "root")
+		_, err := NewSnapshotter(root, opt)
+		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "want") {
+			t.Errorf("NewSnapshotter = %v, want an invalid argument that says what is valid", err)
+		}
+		if _, err := os.Stat(root); !os.IsNotExist(err) {
+			t.Errorf("root made for a rejected option: %v", err)
+		}
 	}
 }

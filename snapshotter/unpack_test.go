@@ -16,6 +16,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/overlayfuse/overlayfuse/internal/testutil/mounttest"
 )
 
 // TestUnpackWithoutFUSE: a snapshot prepared for an unpack is not served by
@@ -79,7 +81,7 @@ func TestUnpackWithoutFUSE(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	target := mountAt(t, cm)
+	target := mounttest.MountAt(t, cm)
 	if b, err := os.ReadFile(filepath.Join(target, "new")); err != nil || string(b) != "new" {
 		t.Errorf("new: %q %v", b, err)
 	}
@@ -89,7 +91,7 @@ func TestUnpackWithoutFUSE(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(target, "keep")); err != nil {
 		t.Errorf("keep: %v", err)
 	}
-	unmountTarget(t, target)
+	mounttest.Detach(t, target)
 }
 
 // memProvider serves one blob from memory.

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/overlayfuse/overlayfuse/internal/testutil"
 )
 
 // A start refused for a bad address or config value exits with one line
@@ -58,7 +60,7 @@ func TestRefusedStartLeavesNothing(t *testing.T) {
 			assertNotCreated(t, root)
 		})
 	}
-	if got := readFile(t, notSocket); got != "not a socket\n" {
+	if got := testutil.ReadFile(t, notSocket); got != "not a socket\n" {
 		t.Errorf("the file at the address was changed: %q", got)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/overlayfuse/overlayfuse/internal/testutil"
+	"github.com/overlayfuse/overlayfuse/internal/testutil/mounttest"
 )
 
 // BenchmarkDaemonRSS100Active reports the daemon's resident memory with
@@ -40,9 +41,9 @@ func BenchmarkDaemonRSS100Active(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			target := mountAt(b, m)
+			target := mounttest.MountAt(b, m)
 			writeFile(b, filepath.Join(target, fmt.Sprintf("f%d", i)), "data")
-			detach(b, target)
+			mounttest.Detach(b, target)
 			if err := sn.Commit(ctx, name, key); err != nil {
 				b.Fatal(err)
 			}

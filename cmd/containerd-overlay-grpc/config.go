@@ -170,14 +170,10 @@ func (c config) validate() error {
 	default:
 		return &valueError{"log-level", c.LogLevel, "want trace, debug, info, warn or error"}
 	}
-	switch overlayfuse.Passthrough(c.Passthrough) {
-	case overlayfuse.PassthroughAuto, overlayfuse.PassthroughOn, overlayfuse.PassthroughOff:
-	default:
+	if _, err := overlayfuse.ParsePassthrough(c.Passthrough); err != nil {
 		return &valueError{"passthrough", c.Passthrough, "want auto, on or off"}
 	}
-	switch overlayfuse.Consistency(c.Consistency) {
-	case overlayfuse.ConsistencyDefault, overlayfuse.ConsistencyStrict:
-	default:
+	if _, err := overlayfuse.ParseConsistency(c.Consistency); err != nil {
 		return &valueError{"consistency", c.Consistency, "want default or strict"}
 	}
 	return nil

@@ -4,7 +4,6 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -18,13 +17,12 @@ import (
 	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
-	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/proxy"
-	"github.com/moby/sys/mountinfo"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/overlayfuse/overlayfuse/internal/testutil/mounttest"
 )
 
 // daemonBin is the daemon built once for all tests of this package.
@@ -169,29 +167,20 @@ func dial(addr string) (snapshots.Snapshotter, func() error, error) {
 // cleanupDaemon makes sure d is gone when the test ends, also on failure,
 // and that nothing stays mounted under its root.
 func cleanupDaemon(t testing.TB, d *daemon) {
-	t.Cleanup(func() {
-		select {
-		case <-d.done:
-		default:
-			if err := d.stop(syscall.SIGTERM); err != nil {
-				t.Error(err)
-			}
-		}
-		assertNoMounts(t, d.root)
-	})
+	t.Cleanup(func() { endDaemon(t, d) })
 }
 
-func assertNoMounts(t testing.TB, dir string) {
-	t.Helper()
-	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
-	if err != nil {
-		t.Errorf("mountinfo: %v", err)
-		return
+// endDaemon stops d unless it has ended, and checks that nothing stays
+// mounted under its root.
+func endDaemon(t testing.TB, d *daemon) {
+	select {
+	case <-d.done:
+	default:
+		if err := d.stop(syscall.SIGTERM); err != nil {
+			t.Error(err)
+		}
 	}
-	for _, m := range infos {
-		t.Errorf("left mounted: %s (%s)", m.Mountpoint, m.FSType)
-		_ = unix.Unmount(m.Mountpoint, unix.MNT_DETACH)
-	}
+	mounttest.AssertNoMounts(t, d.root)
 }
 
 // shortTempDir is a temporary directory with a path short enough for a
@@ -204,24 +193,6 @@ func shortTempDir(t testing.TB) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
-}
-
-// mountAt mounts what the snapshotter returned, as containerd does, and
-// detaches it when the test ends (it may be a mount of a dead server).
-func mountAt(t testing.TB, m []mount.Mount) string {
-	t.Helper()
-	target := t.TempDir()
-	if err := mount.All(m, target); err != nil {
-		t.Fatalf("mount %+v: %v", m, err)
-	}
-	t.Cleanup(func() { detach(t, target) })
-	return target
-}
-
-func detach(t testing.TB, target string) {
-	if err := unix.Unmount(target, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		t.Errorf("unmount %s: %v", target, err)
-	}
 }
 
 // runDaemon runs the daemon to completion (for argument errors).
@@ -250,15 +221,6 @@ func writeFile(t testing.TB, path, data string) {
 	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func readFile(t testing.TB, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
 
 func oneLine(s string) bool {

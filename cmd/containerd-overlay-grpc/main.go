@@ -26,6 +26,7 @@ import (
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
 
+	"github.com/overlayfuse/overlayfuse/internal/procsetup"
 	"github.com/overlayfuse/overlayfuse/overlayfuse"
 	"github.com/overlayfuse/overlayfuse/snapshotter"
 )
@@ -75,6 +76,7 @@ func serve(c config) (err error) {
 		return err
 	}
 	ctx := log.WithLogger(context.Background(), log.L)
+	procsetup.Setup()
 
 	// Early, so that a signal during the restart's remounting still ends
 	// with every mount undone.

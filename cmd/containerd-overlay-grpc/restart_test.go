@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/overlayfuse/overlayfuse/internal/testutil"
+	"github.com/overlayfuse/overlayfuse/internal/testutil/mounttest"
 )
 
 // TestRestartAfterKill kills the daemon with SIGKILL while a snapshot is
@@ -40,9 +41,9 @@ func TestRestartAfterKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	target := mountAt(t, base)
+	target := mounttest.MountAt(t, base)
 	writeFile(t, filepath.Join(target, "lower"), "from the lower layer")
-	detach(t, target)
+	mounttest.Detach(t, target)
 	if err := sn.Commit(ctx, "base", "base-active"); err != nil {
 		t.Fatal(err)
 	}
@@ -50,9 +51,9 @@ func TestRestartAfterKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	target = mountAt(t, m)
+	target = mounttest.MountAt(t, m)
 	writeFile(t, filepath.Join(target, "upper"), "written before the crash")
-	detach(t, target)
+	mounttest.Detach(t, target)
 
 	d1.kill()
 	var st unix.Statfs_t
@@ -74,15 +75,15 @@ func TestRestartAfterKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	target = mountAt(t, m2)
-	if got := readFile(t, filepath.Join(target, "upper")); got != "written before the crash" {
+	target = mounttest.MountAt(t, m2)
+	if got := testutil.ReadFile(t, filepath.Join(target, "upper")); got != "written before the crash" {
 		t.Errorf("upper after restart: %q", got)
 	}
-	if got := readFile(t, filepath.Join(target, "lower")); got != "from the lower layer" {
+	if got := testutil.ReadFile(t, filepath.Join(target, "lower")); got != "from the lower layer" {
 		t.Errorf("lower after restart: %q", got)
 	}
 	writeFile(t, filepath.Join(target, "after"), "written after the restart")
-	detach(t, target)
+	mounttest.Detach(t, target)
 	if err := sn2.Commit(ctx, "top", "active"); err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +91,7 @@ func TestRestartAfterKill(t *testing.T) {
 	if err := d2.stop(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	assertNoMounts(t, root)
+	mounttest.AssertNoMounts(t, root)
 	if _, err := os.Stat(addr); !os.IsNotExist(err) {
 		t.Errorf("socket left after shutdown: %v", err)
 	}
@@ -133,5 +134,5 @@ func TestShutdownEndsMounts(t *testing.T) {
 	if err := d.stop(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	assertNoMounts(t, root)
+	mounttest.AssertNoMounts(t, root)
 }

@@ -27,14 +27,7 @@ func TestSnapshotterSuiteThroughDaemon(t *testing.T) {
 	// The suite stops each daemon itself; this catches any it could not.
 	t.Cleanup(func() {
 		for _, d := range daemons {
-			select {
-			case <-d.done:
-			default:
-				if err := d.stop(syscall.SIGTERM); err != nil {
-					t.Error(err)
-				}
-			}
-			assertNoMounts(t, d.root)
+			endDaemon(t, d)
 		}
 	})
 	testsuite.SnapshotterSuite(t, "overlayfuse", func(ctx context.Context, root string) (snapshots.Snapshotter, func() error, error) {

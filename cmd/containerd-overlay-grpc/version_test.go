@@ -9,6 +9,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/overlayfuse/overlayfuse/internal/testutil"
 )
 
 // `make build` stamps the version from hack/version.sh, also where the Go
@@ -47,7 +49,7 @@ func TestVersionScriptOutsideGit(t *testing.T) {
 		t.Fatal(err)
 	}
 	script := filepath.Join(dir, "hack", "version.sh")
-	writeFile(t, script, readFile(t, "../../hack/version.sh"))
+	writeFile(t, script, testutil.ReadFile(t, "../../hack/version.sh"))
 	if err := os.Chmod(script, 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -191,7 +191,7 @@ func TestCommandErrors(t *testing.T) {
 		{"workdir on other fs", []string{"-o", "lowerdir=" + f.l1 + ",upperdir=" + f.upper + ",workdir=" + shm, f.mnt}, "overlayfuse: workdir " + shm + " and upperdir " + f.upper + " must be on the same filesystem"},
 		{"missing mountpoint", []string{"-o", f.opts(), f.dir + "/nope"}, "overlayfuse: mountpoint " + f.dir + "/nope: no such file or directory"},
 		{"no mountpoint", []string{"-o", f.opts()}, "overlayfuse: no mountpoint given (see --help)"},
-		{"bad passthrough", []string{"-f", "-o", f.opts() + ",passthrough=maybe", f.mnt}, "overlayfuse: passthrough=maybe: want auto, on or off"},
+		{"bad passthrough", []string{"-f", "-o", f.opts() + ",passthrough=maybe", f.mnt}, "overlayfuse: passthrough=\"maybe\": want auto, on or off"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			stdout, stderr, code := runBin(t, f.dir, bin, tc.args...)

@@ -189,19 +189,13 @@ func (c *config) applyOption(kv string) error {
 		c.Foreground = true // as libfuse's -o debug
 		return nil
 	case "passthrough":
-		switch p := overlayfuse.Passthrough(val); p {
-		case overlayfuse.PassthroughAuto, overlayfuse.PassthroughOn, overlayfuse.PassthroughOff:
-			c.Opts.Passthrough = p
-			return nil
-		}
-		return fmt.Errorf("passthrough=%s: want auto, on or off", val)
+		p, err := overlayfuse.ParsePassthrough(val)
+		c.Opts.Passthrough = p
+		return err
 	case "consistency":
-		switch cs := overlayfuse.Consistency(val); cs {
-		case overlayfuse.ConsistencyDefault, overlayfuse.ConsistencyStrict:
-			c.Opts.Consistency = cs
-			return nil
-		}
-		return fmt.Errorf("consistency=%s: want default or strict", val)
+		cs, err := overlayfuse.ParseConsistency(val)
+		c.Opts.Consistency = cs
+		return err
 	case "fsname":
 		if err := needVal(); err != nil {
 			return err

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/overlayfuse/overlayfuse/internal/procsetup"
 	"github.com/overlayfuse/overlayfuse/overlayfuse"
 )
 
@@ -51,7 +52,7 @@ func serve(c *config, logger *log.Logger, ready func(error)) int {
 	// process then waits for itself, unkillable, keeping the mount.
 	signal.Ignore(syscall.SIGPIPE)
 
-	raiseFileLimit()
+	procsetup.Setup()
 	opts := c.Opts
 	opts.Logger = logger
 	if opts.Debug && len(c.Ignored) > 0 {

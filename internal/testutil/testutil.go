@@ -102,3 +102,13 @@ func CachedPages(fd int, off, length int64) (int64, error) {
 	}
 	return int64(cs.Cache), nil
 }
+
+// ReadFile returns the content of path, failing the test if it cannot.
+func ReadFile(t testing.TB, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
