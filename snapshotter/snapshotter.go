@@ -107,6 +107,7 @@ func NewSnapshotter(root string, opts ...Opt) (*Snapshotter, error) {
 			FsName:      "overlayfuse",
 			Debug:       c.fuseDebug,
 			Logger:      stdlog.New(w, "", 0),
+			Metrics:     c.metrics,
 		}, c.unmountTimeout),
 	}
 	// An earlier process that ended without unmounting left dead mounts
@@ -197,6 +198,9 @@ func (o *Snapshotter) Close() error {
 
 // Root is the directory the snapshotter keeps its state in.
 func (o *Snapshotter) Root() string { return o.root }
+
+// ActiveMounts is the number of overlay mounts this process serves.
+func (o *Snapshotter) ActiveMounts() int { return o.live.count() }
 
 func (o *Snapshotter) snapshotDir(id string) string {
 	return filepath.Join(o.root, "snapshots", id)

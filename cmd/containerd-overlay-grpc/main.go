@@ -25,6 +25,7 @@ import (
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
 
+	"github.com/overlayfuse/overlayfuse/internal/metrics"
 	"github.com/overlayfuse/overlayfuse/overlayfuse"
 	"github.com/overlayfuse/overlayfuse/snapshotter"
 )
@@ -83,6 +84,14 @@ func serve(c config) (err error) {
 	// Log writes to a closed journal must not kill the process.
 	signal.Ignore(syscall.SIGPIPE)
 
+	var ms *metricsServer
+	if c.MetricsAddress != "" {
+		if ms, err = listenMetrics(c.MetricsAddress); err != nil {
+			return err
+		}
+		defer ms.close()
+	}
+
 	lock, err := lockRoot(c.Root)
 	if err != nil {
 		return err
@@ -95,6 +104,13 @@ func serve(c config) (err error) {
 	}
 	if c.LogLevel == "trace" {
 		opts = append(opts, snapshotter.WithFUSEDebug) // every FUSE request
+	}
+	var m *metrics.Metrics
+	var grpcOpts []grpc.ServerOption
+	if ms != nil {
+		m = metrics.New()
+		opts = append(opts, snapshotter.WithMetrics(m))
+		grpcOpts = append(grpcOpts, grpc.UnaryInterceptor(m.UnaryServerInterceptor()))
 	}
 	sn, err := snapshotter.NewSnapshotter(c.Root, opts...)
 	if err != nil {
@@ -111,8 +127,12 @@ func serve(c config) (err error) {
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(grpcOpts...)
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+	if ms != nil {
+		m.AddSnapshotter(sn)
+		ms.serve(ctx, m)
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 
