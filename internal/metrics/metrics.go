@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"path"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -197,11 +199,12 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 		counts[info.Kind]++
 		return nil
 	})
-	if err != nil {
+	// A store that never held a snapshot has no bucket to walk yet.
+	if err != nil && !errdefs.IsNotFound(err) {
 		ch <- prometheus.NewInvalidMetric(c.desc, err)
 		return
 	}
 	for k, n := range counts {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), k.String())
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), strings.ToLower(k.String()))
 	}
 }
