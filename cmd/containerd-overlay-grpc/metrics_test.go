@@ -192,3 +192,21 @@ func hasLabels(m *dto.Metric, pairs []string) bool {
 	}
 	return true
 }
+
+// A metrics address in use fails the start before the root is touched.
+func TestMetricsAddressInUse(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	dir := shortTempDir(t)
+	root := filepath.Join(dir, "root")
+	_, stderr, code := runDaemon(t, "--root", root, "--address", filepath.Join(dir, "s.sock"), "--metrics-address", l.Addr().String())
+	if code == 0 || !strings.Contains(stderr, "metrics-address") || !strings.Contains(stderr, "address already in use") {
+		t.Errorf("exit %d, stderr %q: want a failure naming metrics-address", code, stderr)
+	}
+	if _, err := os.Stat(root); !os.IsNotExist(err) {
+		t.Errorf("root %s: %v, want it never made", root, err)
+	}
+}
