@@ -110,7 +110,8 @@ func serve(c config) (err error) {
 	if ms != nil {
 		m = metrics.New()
 		opts = append(opts, snapshotter.WithMetrics(m))
-		grpcOpts = append(grpcOpts, grpc.UnaryInterceptor(m.UnaryServerInterceptor()))
+		grpcOpts = append(grpcOpts, grpc.UnaryInterceptor(m.UnaryServerInterceptor()),
+			grpc.StreamInterceptor(m.StreamServerInterceptor()))
 	}
 	sn, err := snapshotter.NewSnapshotter(c.Root, opts...)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -75,6 +76,10 @@ func TestMetricsScrape(t *testing.T) {
 	if _, err := sn.Stat(ctx, "missing"); !errdefs.IsNotFound(err) {
 		t.Fatalf("stat of a missing snapshot: %v", err)
 	}
+	walked := 0
+	if err := sn.Walk(ctx, func(context.Context, snapshots.Info) error { walked++; return nil }); err != nil || walked != 4 {
+		t.Fatalf("walk: %d snapshots, %v; want 4", walked, err)
+	}
 	// Through x's FUSE mount: new files, and copy-ups of the lower ones.
 	for i := 0; i < creates; i++ {
 		writeFile(t, filepath.Join(x[0], fmt.Sprint("new", i)), "data")
@@ -105,6 +110,7 @@ func TestMetricsScrape(t *testing.T) {
 		{"Prepare calls", delta("overlayfuse_grpc_request_duration_seconds", "method", "Prepare", "code", "OK"), 3},
 		{"Commit calls", delta("overlayfuse_grpc_request_duration_seconds", "method", "Commit", "code", "OK"), 1},
 		{"View calls", delta("overlayfuse_grpc_request_duration_seconds", "method", "View", "code", "OK"), 1},
+		{"List calls", delta("overlayfuse_grpc_request_duration_seconds", "method", "List", "code", "OK"), 1},
 		{"failed Stat calls", delta("overlayfuse_grpc_request_duration_seconds", "method", "Stat", "code", "NotFound"), 1},
 		{"CREATE ops", delta("overlayfuse_fuse_op_duration_seconds", "op", "CREATE"), creates},
 		{"OPEN ops", delta("overlayfuse_fuse_op_duration_seconds", "op", "OPEN"), lowerFiles},

@@ -140,7 +140,7 @@ func (m *Metrics) Open(passthrough bool) {
 	}
 }
 
-// UnaryServerInterceptor times every request of a gRPC server.
+// UnaryServerInterceptor times every unary request of a gRPC server.
 func (m *Metrics) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		start := time.Now()
@@ -148,6 +148,18 @@ func (m *Metrics) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		m.grpcSeconds.WithLabelValues(path.Base(info.FullMethod), status.Code(err).String()).
 			Observe(time.Since(start).Seconds())
 		return resp, err
+	}
+}
+
+// StreamServerInterceptor times every streaming request (List) of a gRPC
+// server, to its last message.
+func (m *Metrics) StreamServerInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		start := time.Now()
+		err := handler(srv, ss)
+		m.grpcSeconds.WithLabelValues(path.Base(info.FullMethod), status.Code(err).String()).
+			Observe(time.Since(start).Seconds())
+		return err
 	}
 }
 
