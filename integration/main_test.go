@@ -112,7 +112,7 @@ func envOr(k, def string) string {
 
 // newEnv starts a private containerd (and daemon) that t.Cleanup tears down,
 // also when the test fails.
-func newEnv(t *testing.T) *harness.Env {
+func newEnv(t *testing.T, daemonArgs ...string) *harness.Env {
 	t.Helper()
 	testutil.RequireRoot(t)
 	if snapshotter == "overlayfuse" {
@@ -127,7 +127,7 @@ func newEnv(t *testing.T) *harness.Env {
 		}
 		t.Skip(missingErr)
 	}
-	e, err := harness.New(harness.Options{BinDir: binDir, Daemon: daemonBin, ConfigExa: configExa, LogLevel: "debug"})
+	e, err := harness.New(harness.Options{BinDir: binDir, Daemon: daemonBin, ConfigExa: configExa, LogLevel: "debug", DaemonArgs: daemonArgs})
 	if err != nil {
 		t.Fatal(err)
 	}

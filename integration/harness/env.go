@@ -20,11 +20,12 @@ import (
 
 // Options says where the binaries are.
 type Options struct {
-	BinDir    string    // containerd, ctr, containerd-shim-runc-v2, nerdctl
-	Daemon    string    // containerd-overlay-grpc; empty: no daemon (baseline runs)
-	ConfigExa string    // containerd config example; empty: built-in default
-	LogLevel  string    // daemon --log-level
-	Verbose   io.Writer // if set, every ctr/nerdctl command line is echoed here
+	BinDir     string    // containerd, ctr, containerd-shim-runc-v2, nerdctl
+	Daemon     string    // containerd-overlay-grpc; empty: no daemon (baseline runs)
+	ConfigExa  string    // containerd config example; empty: built-in default
+	LogLevel   string    // daemon --log-level
+	DaemonArgs []string  // more daemon flags
+	Verbose    io.Writer // if set, every ctr/nerdctl command line is echoed here
 }
 
 // Env is one private containerd and daemon.
@@ -93,8 +94,8 @@ func (e *Env) StartDaemon() error {
 	if e.daemon != nil {
 		return errors.New("daemon already running")
 	}
-	p, err := e.spawn("daemon.log", e.opts.Daemon,
-		"--address", e.DaemonAddress, "--root", e.DaemonRoot, "--log-level", e.opts.LogLevel)
+	p, err := e.spawn("daemon.log", e.opts.Daemon, append([]string{
+		"--address", e.DaemonAddress, "--root", e.DaemonRoot, "--log-level", e.opts.LogLevel}, e.opts.DaemonArgs...)...)
 	if err != nil {
 		return err
 	}
