@@ -127,7 +127,7 @@ func newEnv(t *testing.T, daemonArgs ...string) *harness.Env {
 		}
 		t.Skip(missingErr)
 	}
-	e, err := harness.New(harness.Options{BinDir: binDir, Daemon: daemonBin, ConfigExa: configExa, LogLevel: "debug", DaemonArgs: daemonArgs})
+	e, err := harness.New(harness.Options{BinDir: binDir, Daemon: daemonBin, ConfigExa: configExa, LogLevel: "debug", Flags: daemonArgs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,12 +20,12 @@ import (
 
 // Options says where the binaries are.
 type Options struct {
-	BinDir     string    // containerd, ctr, containerd-shim-runc-v2, nerdctl
-	Daemon     string    // containerd-overlay-grpc; empty: no daemon (baseline runs)
-	ConfigExa  string    // containerd config example; empty: built-in default
-	LogLevel   string    // daemon --log-level
-	DaemonArgs []string  // more daemon flags
-	Verbose    io.Writer // if set, every ctr/nerdctl command line is echoed here
+	BinDir    string    // containerd, ctr, containerd-shim-runc-v2, nerdctl
+	Daemon    string    // containerd-overlay-grpc; empty: no daemon (baseline runs)
+	ConfigExa string    // containerd config example; empty: built-in default
+	LogLevel  string    // daemon --log-level
+	Flags     []string  // more daemon flags
+	Verbose   io.Writer // if set, every ctr/nerdctl command line is echoed here
 }
 
 // Env is one private containerd and daemon.
@@ -95,7 +95,7 @@ func (e *Env) StartDaemon() error {
 		return errors.New("daemon already running")
 	}
 	p, err := e.spawn("daemon.log", e.opts.Daemon, append([]string{
-		"--address", e.DaemonAddress, "--root", e.DaemonRoot, "--log-level", e.opts.LogLevel}, e.opts.DaemonArgs...)...)
+		"--address", e.DaemonAddress, "--root", e.DaemonRoot, "--log-level", e.opts.LogLevel}, e.opts.Flags...)...)
 	if err != nil {
 		return err
 	}
