@@ -114,9 +114,9 @@ func envOr(k, def string) string {
 
 // newEnv starts a private containerd (and daemon) that t.Cleanup tears down,
 // also when the test fails.
-func newEnv(t *testing.T) *harness.Env {
+func newEnv(t *testing.T, daemonArgs ...string) *harness.Env {
 	t.Helper()
-	return newEnvWith(t, harness.Options{})
+	return newEnvWith(t, harness.Options{Flags: daemonArgs})
 }
 
 // newEnvWith is newEnv with options beyond the binaries, config and log level.

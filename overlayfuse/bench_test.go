@@ -1,6 +1,7 @@
 package overlayfuse
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -8,7 +9,13 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/overlayfuse/overlayfuse/internal/metrics"
 )
+
+// benchMetrics measures the cost of the daemon's Prometheus metrics:
+// compare runs with and without it.
+var benchMetrics = flag.Bool("bench.metrics", false, "mount the benchmarks' overlay with the daemon's Prometheus metrics")
 
 // benchTree fills dir with dirs×files small files.
 func benchTree(b *testing.B, dir string, dirs, files int) {
@@ -30,7 +37,11 @@ func benchMount(b *testing.B) *testMount {
 		must(b, os.Mkdir(d, 0o755))
 	}
 	benchTree(b, lower, 100, 100)
-	srv, err := Mount(mnt, Layers{Lower: []string{lower}, Upper: upper, Work: work}, Options{})
+	var opts Options
+	if *benchMetrics {
+		opts.Metrics = metrics.New()
+	}
+	srv, err := Mount(mnt, Layers{Lower: []string{lower}, Upper: upper, Work: work}, opts)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package overlayfuse
 import (
 	"context"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -152,6 +153,7 @@ func (n *node) linkUpLocked(parent *node, name string) syscall.Errno {
 // times, then renamed into place, so a crash never shows half a copy. It
 // returns a ref of the new object.
 func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (realRef, syscall.Errno) {
+	start := time.Now()
 	src, done, err := srcRef.pathFd()
 	if err != nil {
 		return noRef, ofs.toErrno(err)
@@ -191,6 +193,13 @@ func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (rea
 		setImpure(dstDir)
 	}
 	keepTimes(dstDir, &pst)
+	if m := ofs.opts.Metrics; m != nil {
+		var n int64
+		if st.Mode&unix.S_IFMT == unix.S_IFREG {
+			n = st.Size
+		}
+		m.CopyUp(n, time.Since(start))
+	}
 	return ref, 0
 }
 

@@ -56,7 +56,10 @@ func Mount(mountpoint string, layers Layers, opts Options) (*Server, error) {
 		return nil, err
 	}
 	fsOpts := ofs.fsOptions()
-	raw := &rawFS{RawFileSystem: fs.NewNodeFS(root, fsOpts), ofs: ofs}
+	var raw fuse.RawFileSystem = &rawFS{RawFileSystem: fs.NewNodeFS(root, fsOpts), ofs: ofs}
+	if opts.Metrics != nil {
+		raw = &meteredFS{RawFileSystem: raw, m: opts.Metrics}
+	}
 	srv, err := fuse.NewServer(raw, mountpoint, &fsOpts.MountOptions)
 	if err != nil {
 		ofs.close()

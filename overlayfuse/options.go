@@ -68,6 +68,8 @@ type Options struct {
 	// neither it nor we mount such an upper again until it is removed; a
 	// clean unmount syncs the upper and removes it.
 	Volatile bool
+	// Metrics, if set, is told of every FUSE request, copy-up and open.
+	Metrics Metrics
 }
 
 // ParsePassthrough parses a passthrough setting; empty means

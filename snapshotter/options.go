@@ -14,6 +14,7 @@ type config struct {
 	consistency    overlayfuse.Consistency
 	unmountTimeout time.Duration
 	fuseDebug      bool
+	metrics        overlayfuse.Metrics
 }
 
 // Opt configures the snapshotter.
@@ -61,4 +62,13 @@ func WithUnmountTimeout(d time.Duration) Opt {
 func WithFUSEDebug(c *config) error {
 	c.fuseDebug = true
 	return nil
+}
+
+// WithMetrics reports the FUSE requests, copy-ups and opens of every
+// overlay mount to m.
+func WithMetrics(m overlayfuse.Metrics) Opt {
+	return func(c *config) error {
+		c.metrics = m
+		return nil
+	}
 }

@@ -69,6 +69,7 @@ func NewSnapshotter(root string, opts ...Opt) (*Snapshotter, error) {
 		Consistency: c.consistency,
 		FsName:      "overlayfuse",
 		Debug:       c.fuseDebug,
+		Metrics:     c.metrics,
 	}
 	// Before anything is made at root.
 	if err := mountOpts.Validate(); err != nil {
@@ -199,6 +200,9 @@ func (o *Snapshotter) Close() error {
 
 // Root is the directory the snapshotter keeps its state in.
 func (o *Snapshotter) Root() string { return o.root }
+
+// ActiveMounts is the number of overlay mounts this process serves.
+func (o *Snapshotter) ActiveMounts() int { return o.live.count() }
 
 func (o *Snapshotter) snapshotDir(id string) string {
 	return filepath.Join(o.root, "snapshots", id)

@@ -27,6 +27,9 @@ type config struct {
 	LogLevel    string `toml:"log-level"`
 	Passthrough string `toml:"passthrough"`
 	Consistency string `toml:"consistency"`
+	// MetricsAddress is a host:port to serve Prometheus /metrics on;
+	// empty serves none.
+	MetricsAddress string `toml:"metrics-address"`
 }
 
 func defaultConfig() config {
@@ -64,6 +67,7 @@ func parseArgs(args []string, usage io.Writer) (options, error) {
 	fs.StringVar(&flags.LogLevel, "log-level", def.LogLevel, "trace (also logs every FUSE request), debug, info, warn or error")
 	fs.StringVar(&flags.Passthrough, "passthrough", def.Passthrough, "FUSE passthrough: auto, on or off")
 	fs.StringVar(&flags.Consistency, "consistency", def.Consistency, "default or strict")
+	fs.StringVar(&flags.MetricsAddress, "metrics-address", "", "host:port to serve Prometheus metrics on at /metrics (default none)")
 	fs.StringVar(&configFile, "config", "", "TOML file whose keys are the flag names (but config and version)")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -102,6 +106,8 @@ func parseArgs(args []string, usage io.Writer) (options, error) {
 			o.config.Passthrough = flags.Passthrough
 		case "consistency":
 			o.config.Consistency = flags.Consistency
+		case "metrics-address":
+			o.config.MetricsAddress = flags.MetricsAddress
 		}
 	})
 	err := o.config.validate()

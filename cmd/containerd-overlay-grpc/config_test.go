@@ -15,6 +15,7 @@ root = "/file-root"
 log-level = "debug"
 passthrough = "off"
 consistency = "strict"
+metrics-address = "127.0.0.1:9311"
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -22,7 +23,7 @@ consistency = "strict"
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := config{Address: "/file.sock", Root: "/flag-root", LogLevel: "debug", Passthrough: "on", Consistency: "strict"}
+	want := config{Address: "/file.sock", Root: "/flag-root", LogLevel: "debug", Passthrough: "on", Consistency: "strict", MetricsAddress: "127.0.0.1:9311"}
 	if o.config != want {
 		t.Errorf("got %+v, want %+v", o.config, want)
 	}
@@ -33,5 +34,13 @@ consistency = "strict"
 	}
 	if o.config != defaultConfig() {
 		t.Errorf("defaults: got %+v", o.config)
+	}
+
+	o, err = parseArgs([]string{"--config", file, "--metrics-address", ":9312"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.config.MetricsAddress != ":9312" {
+		t.Errorf("--metrics-address: got %q", o.config.MetricsAddress)
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
 
+	"github.com/overlayfuse/overlayfuse/internal/metrics"
 	"github.com/overlayfuse/overlayfuse/internal/procsetup"
 	"github.com/overlayfuse/overlayfuse/overlayfuse"
 	"github.com/overlayfuse/overlayfuse/snapshotter"
@@ -90,6 +91,15 @@ func serve(c config) (err error) {
 	if err := checkAddress(c.Address); err != nil {
 		return err
 	}
+
+	var ms *metricsServer
+	if c.MetricsAddress != "" {
+		if ms, err = listenMetrics(c.MetricsAddress); err != nil {
+			return err
+		}
+		defer ms.close()
+	}
+
 	lock, err := lockRoot(c.Root)
 	if err != nil {
 		return err
@@ -104,6 +114,14 @@ func serve(c config) (err error) {
 	}
 	if c.LogLevel == "trace" {
 		opts = append(opts, snapshotter.WithFUSEDebug) // every FUSE request
+	}
+	var m *metrics.Metrics
+	var grpcOpts []grpc.ServerOption
+	if ms != nil {
+		m = metrics.New()
+		opts = append(opts, snapshotter.WithMetrics(m))
+		grpcOpts = append(grpcOpts, grpc.UnaryInterceptor(m.UnaryServerInterceptor()),
+			grpc.StreamInterceptor(m.StreamServerInterceptor()))
 	}
 	sn, err := snapshotter.NewSnapshotter(c.Root, opts...)
 	if err != nil {
@@ -120,8 +138,12 @@ func serve(c config) (err error) {
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(grpcOpts...)
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+	if ms != nil {
+		m.AddSnapshotter(sn)
+		ms.serve(ctx, m)
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 

@@ -25,6 +25,7 @@ type Options struct {
 	ConfigExa string    // containerd config: the repository's config.toml.example
 	CRI       bool      // keep containerd's CRI plugins on (off otherwise: see criPlugins)
 	LogLevel  string    // daemon --log-level
+	Flags     []string  // more daemon flags
 	Verbose   io.Writer // if set, every ctr/nerdctl command line is echoed here
 }
 
@@ -94,8 +95,8 @@ func (e *Env) StartDaemon() error {
 	if e.daemon != nil {
 		return errors.New("daemon already running")
 	}
-	p, err := e.spawn("daemon.log", e.opts.Daemon,
-		"--address", e.DaemonAddress, "--root", e.DaemonRoot, "--log-level", e.opts.LogLevel)
+	p, err := e.spawn("daemon.log", e.opts.Daemon, append([]string{
+		"--address", e.DaemonAddress, "--root", e.DaemonRoot, "--log-level", e.opts.LogLevel}, e.opts.Flags...)...)
 	if err != nil {
 		return err
 	}
