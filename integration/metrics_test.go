@@ -2,16 +2,12 @@ package integration
 
 import (
 	"net"
-	"net/http"
 	"strconv"
 	"strings"
 	"testing"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	"github.com/overlayfuse/overlayfuse/integration/image"
+	"github.com/overlayfuse/overlayfuse/internal/testutil/promtest"
 )
 
 // TestMetrics scrapes the daemon's /metrics while containerd uses it: the
@@ -40,22 +36,22 @@ func TestMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	before := scrape(t, url)
+	before := promtest.Scrape(t, url)
 	execIn(t, e, c, "for i in 1 2 3 4 5; do echo x > /metrics$i; done; echo more >> /data/keep.txt")
-	after := scrape(t, url)
+	after := promtest.Scrape(t, url)
 	delta := func(name string, labels ...string) float64 {
-		return value(after, name, labels...) - value(before, name, labels...)
+		return promtest.Value(after, name, labels...) - promtest.Value(before, name, labels...)
 	}
 	for _, k := range []struct {
 		what      string
 		got, want float64
 	}{
-		{"committed snapshots", value(after, "overlayfuse_snapshots", "kind", "committed"), float64(len(layers))},
-		{"active snapshots", value(after, "overlayfuse_snapshots", "kind", "active"), 1},
-		{"active mounts", value(after, "overlayfuse_active_mounts"), 1},
+		{"committed snapshots", promtest.Value(after, "overlayfuse_snapshots", "kind", "committed"), float64(len(layers))},
+		{"active snapshots", promtest.Value(after, "overlayfuse_snapshots", "kind", "active"), 1},
+		{"active mounts", promtest.Value(after, "overlayfuse_active_mounts"), 1},
 		// One per unpacked layer, and the container's.
-		{"Prepare calls", value(after, "overlayfuse_grpc_request_duration_seconds", "method", "Prepare", "code", "OK"), float64(len(layers) + 1)},
-		{"Commit calls", value(after, "overlayfuse_grpc_request_duration_seconds", "method", "Commit", "code", "OK"), float64(len(layers))},
+		{"Prepare calls", promtest.Value(after, "overlayfuse_grpc_request_duration_seconds", "method", "Prepare", "code", "OK"), float64(len(layers) + 1)},
+		{"Commit calls", promtest.Value(after, "overlayfuse_grpc_request_duration_seconds", "method", "Commit", "code", "OK"), float64(len(layers))},
 		{"CREATE ops", delta("overlayfuse_fuse_op_duration_seconds", "op", "CREATE"), 5},
 		// /data, then keep.txt.
 		{"copy-ups", delta("overlayfuse_copyup_duration_seconds"), 2},
@@ -65,53 +61,7 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s: %v, want %v", k.what, k.got, k.want)
 		}
 	}
-	if v := value(after, "process_open_fds"); v <= 0 {
+	if v := promtest.Value(after, "process_open_fds"); v <= 0 {
 		t.Errorf("process_open_fds = %v", v)
 	}
-}
-
-func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s", url, resp.Status)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("parse %s: %v", url, err)
-	}
-	return fams
-}
-
-// value sums the series of name that have the label pairs: counters and
-// gauges by value, histograms by count.
-func value(fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
-	var sum float64
-	for _, m := range fams[name].GetMetric() {
-		ok := true
-		for i := 0; i+1 < len(labels); i += 2 {
-			found := false
-			for _, l := range m.GetLabel() {
-				found = found || l.GetName() == labels[i] && l.GetValue() == labels[i+1]
-			}
-			ok = ok && found
-		}
-		if !ok {
-			continue
-		}
-		switch {
-		case m.Histogram != nil:
-			sum += float64(m.Histogram.GetSampleCount())
-		case m.Counter != nil:
-			sum += m.Counter.GetValue()
-		case m.Gauge != nil:
-			sum += m.Gauge.GetValue()
-		}
-	}
-	return sum
 }

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,12 +14,10 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/overlayfuse/overlayfuse/internal/testutil"
 	"github.com/overlayfuse/overlayfuse/internal/testutil/mounttest"
+	"github.com/overlayfuse/overlayfuse/internal/testutil/promtest"
 )
 
 // TestMetricsScrape runs a known workload through the snapshots API and
@@ -37,7 +34,7 @@ func TestMetricsScrape(t *testing.T) {
 	}
 	cleanupDaemon(t, d)
 	url := "http://" + maddr + "/metrics"
-	before := scrape(t, url)
+	before := promtest.Scrape(t, url)
 
 	sn, closeConn, err := dial(addr)
 	if err != nil {
@@ -96,18 +93,18 @@ func TestMetricsScrape(t *testing.T) {
 		t.Fatalf("rmdir of a full directory: %v", err)
 	}
 
-	after := scrape(t, url)
+	after := promtest.Scrape(t, url)
 	delta := func(name string, labels ...string) float64 {
-		return value(t, after, name, labels...) - value(t, before, name, labels...)
+		return promtest.Value(after, name, labels...) - promtest.Value(before, name, labels...)
 	}
 	for _, c := range []struct {
 		what      string
 		got, want float64
 	}{
-		{"active snapshots", value(t, after, "overlayfuse_snapshots", "kind", "active"), 2},
-		{"views", value(t, after, "overlayfuse_snapshots", "kind", "view"), 1},
-		{"committed snapshots", value(t, after, "overlayfuse_snapshots", "kind", "committed"), 1},
-		{"active mounts", value(t, after, "overlayfuse_active_mounts"), 2}, // x and y; b and v are bind mounts
+		{"active snapshots", promtest.Value(after, "overlayfuse_snapshots", "kind", "active"), 2},
+		{"views", promtest.Value(after, "overlayfuse_snapshots", "kind", "view"), 1},
+		{"committed snapshots", promtest.Value(after, "overlayfuse_snapshots", "kind", "committed"), 1},
+		{"active mounts", promtest.Value(after, "overlayfuse_active_mounts"), 2}, // x and y; b and v are bind mounts
 		{"Prepare calls", delta("overlayfuse_grpc_request_duration_seconds", "method", "Prepare", "code", "OK"), 3},
 		{"Commit calls", delta("overlayfuse_grpc_request_duration_seconds", "method", "Commit", "code", "OK"), 1},
 		{"View calls", delta("overlayfuse_grpc_request_duration_seconds", "method", "View", "code", "OK"), 1},
@@ -125,7 +122,7 @@ func TestMetricsScrape(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"process_open_fds", "go_goroutines"} {
-		if v := value(t, after, name); v <= 0 {
+		if v := promtest.Value(after, name); v <= 0 {
 			t.Errorf("%s = %v", name, v)
 		}
 	}
@@ -142,62 +139,6 @@ func freePort(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
-}
-
-func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s", url, resp.Status)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("parse %s: %v", url, err)
-	}
-	return fams
-}
-
-// value is the value of the series of name with the given label pairs:
-// a counter's or gauge's value, a histogram's count; 0 if absent.
-func value(t *testing.T, fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
-	t.Helper()
-	var sum float64
-	for _, m := range fams[name].GetMetric() {
-		if !hasLabels(m, labels) {
-			continue
-		}
-		switch {
-		case m.Histogram != nil:
-			sum += float64(m.Histogram.GetSampleCount())
-		case m.Counter != nil:
-			sum += m.Counter.GetValue()
-		case m.Gauge != nil:
-			sum += m.Gauge.GetValue()
-		default:
-			t.Fatalf("%s: unexpected type", name)
-		}
-	}
-	return sum
-}
-
-func hasLabels(m *dto.Metric, pairs []string) bool {
-	for i := 0; i+1 < len(pairs); i += 2 {
-		found := false
-		for _, l := range m.GetLabel() {
-			if l.GetName() == pairs[i] && l.GetValue() == pairs[i+1] {
-				found = true
-			}
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
 }
 
 // A metrics address in use fails the start before the root is touched.
