@@ -111,8 +111,14 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			return nil, 0, syscall.EROFS
 		}
 		if n.hasLowerBacking() {
-			// Only a new node can be opened for writing: no
-			// copy-up for an open that may fail.
+			// Only a new node, found by the kernel's one retry of
+			// the lookup, can be opened for writing. Copy up first:
+			// the new node is then born upper, and a read-only open
+			// racing with the retry cannot tie it to the lower file
+			// again (a second ESTALE would reach the caller).
+			if errno := n.copyUp(ctx); errno != 0 {
+				return nil, 0, errno
+			}
 			return nil, 0, n.retireFor(ctx)
 		}
 		// Copy up before the open returns: a writable map then always
@@ -129,6 +135,10 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		pt = pt && n.cachedOpens == 0
 		if (upper && n.ptLowerOpens > 0) || (!pt && n.ptOpens > 0) {
 			n.mu.Unlock()
+			if !isWritable(flags) {
+				// A path open reaches the new node by the retry.
+				return nil, 0, n.retire()
+			}
 			return nil, 0, n.retireFor(ctx)
 		}
 		n.countOpen(pt, !upper, 1)
