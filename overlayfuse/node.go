@@ -125,7 +125,11 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 		if errno := fh.fstat(&st); errno != 0 {
 			return errno
 		}
-	} else if err := n.real().stat(&st); err != nil {
+	} else if err := n.real().stat(&st); err == unix.ESTALE {
+		// The object lost its last name since the kernel looked it
+		// up, and its handle opens nothing: the name is gone.
+		return syscall.ENOENT
+	} else if err != nil {
 		return n.ofs.toErrno(err)
 	}
 	n.fillAttr(&st, &out.Attr)
@@ -331,9 +335,12 @@ func (n *node) entryNode(ctx context.Context, name string, e *entry, out *fuse.E
 		return nil, errno
 	}
 	if !fresh {
-		// A known node: its real object's attributes, not the entry's.
-		if err := child.real().stat(&st); err != nil {
+		// A known node: its real object's attributes, not the entry's;
+		// the entry's if that object lost its last name just now.
+		if err := child.real().stat(&st); err != nil && err != unix.ESTALE {
 			return nil, n.ofs.toErrno(err)
+		} else if err != nil {
+			st = e.st
 		}
 	}
 	child.fillAttr(&st, &out.Attr)
