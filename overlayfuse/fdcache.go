@@ -91,6 +91,15 @@ func (c *fdCache) add(l *layer, fh unix.FileHandle, fd int) *cachedFd {
 	return e
 }
 
+// pinLocked takes a cached fd out of the idle list for one more user.
+func (e *cachedFd) pinLocked() int {
+	if e.pins == 0 {
+		e.c.unlinkLocked(e)
+	}
+	e.pins++
+	return e.fd
+}
+
 // acquire returns the directory's O_PATH fd, opening it by handle if it
 // is not cached, and the function that releases it. The fd stays open
 // until then. A cached fd costs no syscall.
@@ -98,11 +107,7 @@ func (e *cachedFd) acquire() (int, func(), error) {
 	c := e.c
 	c.mu.Lock()
 	if e.fd >= 0 {
-		if e.pins == 0 {
-			c.unlinkLocked(e)
-		}
-		e.pins++
-		fd := e.fd
+		fd := e.pinLocked()
 		c.mu.Unlock()
 		return fd, e.release, nil
 	}
@@ -114,11 +119,7 @@ func (e *cachedFd) acquire() (int, func(), error) {
 	c.mu.Lock()
 	if e.fd >= 0 {
 		// A concurrent acquire opened it first.
-		if e.pins == 0 {
-			c.unlinkLocked(e)
-		}
-		e.pins++
-		cached := e.fd
+		cached := e.pinLocked()
 		c.mu.Unlock()
 		unix.Close(fd)
 		return cached, e.release, nil
