@@ -33,9 +33,12 @@ type overlayFS struct {
 	// layer's fd holds the upper dir's).
 	workLockFd int
 
-	server  *fuse.Server
-	root    *node
-	rootIno uint64
+	server     *fuse.Server
+	mountpoint string
+	root       *node
+	rootIno    uint64
+	// cookieKey keys readdir offsets (readdir.go).
+	cookieKey [2]uint64
 
 	// fsIndex numbers the filesystems the layers live on, so that inode
 	// numbers from different filesystems cannot collide.
@@ -48,6 +51,17 @@ type overlayFS struct {
 	// gens holds the generation new nodes of an inode number get, once
 	// it is past 1 (after a node was retired or the number reused).
 	gens map[uint64]uint64
+	// extraIDs and extraInos map the nodes that need an id of their own
+	// to it and back (nodeid.go).
+	extraIDs  map[idKey]uint64
+	extraInos map[uint64]uint64
+	// state is what outlives this process (state.go).
+	state *stateFile
+	// restoring is set while restore rebuilds nodes and handles, before
+	// the server serves; ghost is the record of the stale node it asks
+	// the root to look up (restore.go).
+	restoring bool
+	ghost     *nodeRecord
 
 	// passthrough: the kernel takes backing files on this mount.
 	passthrough bool
@@ -212,6 +226,7 @@ func (ofs *overlayFS) end() {
 }
 
 func (ofs *overlayFS) close() {
+	ofs.state.close()
 	ofs.upper.close()
 	for _, l := range ofs.lowers {
 		l.close()
@@ -264,8 +279,11 @@ func (ofs *overlayFS) fsOptions() *fs.Options {
 		AttrTimeout:     &timeout,
 		NegativeTimeout: &timeout,
 		NullPermissions: true,
-		RootStableAttr:  &fs.StableAttr{Ino: ofs.rootIno, Gen: 1},
-		Logger:          ofs.opts.Logger,
+		// Node ids are inode numbers, the same in every server of the
+		// mount (docs/restart.md, nodeid.go).
+		ExternalNodeID: true,
+		RootStableAttr: &fs.StableAttr{Ino: ofs.rootIno, Gen: 1},
+		Logger:         ofs.opts.Logger,
 	}
 }
 
@@ -314,6 +332,7 @@ func (ofs *overlayFS) newRoot() (*node, error) {
 	}
 	ofs.root = n
 	ofs.rootIno = ofs.ino(st.Dev, st.Ino)
+	n.ino = ofs.rootIno
 	return n, nil
 }
 
@@ -350,9 +369,10 @@ func (ofs *overlayFS) tmpName() string {
 
 func (ofs *overlayFS) unregister(n *node) {
 	ofs.mu.Lock()
-	if ofs.nodes[n.StableAttr().Ino] == n {
-		delete(ofs.nodes, n.StableAttr().Ino)
+	if ofs.nodes[n.ino] == n {
+		delete(ofs.nodes, n.ino)
 	}
+	ofs.dropNodeID(n)
 	ofs.mu.Unlock()
 }
 

@@ -162,6 +162,11 @@ type serveSpec struct {
 	// Limited: the child runs under it already (see execLimited).
 	NoFile  uint64 `json:",omitempty"`
 	Limited bool   `json:",omitempty"`
+	// Keep: send the mount's hand-over files over the unix socket at fd
+	// 3 (resume_test.go). Resume: take the mount over from the hand-over
+	// files at fds 3 (connection) and 4 (state) instead of mounting.
+	Keep   bool `json:",omitempty"`
+	Resume bool `json:",omitempty"`
 }
 
 func serveChild(spec string) int {
@@ -173,7 +178,7 @@ func serveChild(spec string) int {
 	if s.NoFile > 0 && !s.Limited {
 		return execLimited(s)
 	}
-	srv, err := Mount(s.Dir, s.Layers, s.Opts)
+	srv, err := serveMount(s)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

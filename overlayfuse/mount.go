@@ -6,6 +6,7 @@ package overlayfuse
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"strconv"
 	"strings"
@@ -13,15 +14,22 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // Server is one mounted overlay.
 type Server struct {
 	fuse       *fuse.Server
 	ofs        *overlayFS
+	req        *requestFS
 	mountpoint string
+	// dev is this process's own fd of the mount's connection (go-fuse
+	// has another, serveFd); the keeper gets dups of it.
+	dev, serveFd int
 	// ended runs once the server has stopped.
 	ended sync.Once
+	// stopped: Stop handed the mount over; Unmount must leave it.
+	stopped bool
 }
 
 // Mount serves layers at mountpoint until Unmount. It returns once the
@@ -33,6 +41,44 @@ type Server struct {
 // once at start (syscall.Umask(0)), and raises RLIMIT_NOFILE if it can:
 // the overlay sizes its fd caches to the soft limit it finds.
 func Mount(mountpoint string, layers Layers, opts Options) (*Server, error) {
+	s, err := newServer(mountpoint, layers, opts, nil)
+	if err != nil {
+		return nil, err
+	}
+	fsOpts := s.ofs.fsOptions()
+	dev, err := mountDev(mountpoint, serveOptions(fsOpts))
+	if err != nil {
+		s.ofs.close()
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	s.dev = dev
+	if s.serveFd, err = dupFd(dev); err != nil {
+		s.abort()
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	srv, err := fuse.NewServer(s.req, devPath(s.serveFd), serveOptions(fsOpts))
+	if err != nil {
+		unix.Close(s.serveFd)
+		s.abort()
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	s.ofs.state.setInit(initBytes(srv.KernelSettings()))
+	if s.ofs.state.hdr.mountDev, err = mountDevOf(mountpoint); err != nil {
+		unix.Close(s.serveFd)
+		s.abort()
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	s.start(srv)
+	if err := s.ofs.afterMount(); err != nil {
+		_ = s.Unmount() // best effort: err is what the caller needs
+		return nil, err
+	}
+	return s, nil
+}
+
+// newServer prepares the overlay of a mount; state is the state file of
+// a mount taken over, nil for a new one.
+func newServer(mountpoint string, layers Layers, opts Options, state *os.File) (*Server, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -50,34 +96,53 @@ func Mount(mountpoint string, layers Layers, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	ofs.mountpoint = mountpoint
+	shape := layersHash(layers, opts)
+	if state == nil {
+		ofs.state, err = newStateFile(shape)
+	} else {
+		ofs.state, err = openStateFile(state, shape)
+	}
+	if err != nil {
+		ofs.close()
+		return nil, err
+	}
+	ofs.cookieKey = ofs.state.hdr.cookieKey
 	root, err := ofs.newRoot()
 	if err != nil {
 		ofs.close()
 		return nil, err
 	}
-	fsOpts := ofs.fsOptions()
-	var raw fuse.RawFileSystem = &rawFS{RawFileSystem: fs.NewNodeFS(root, fsOpts), ofs: ofs}
-	if opts.Metrics != nil {
-		raw = &meteredFS{RawFileSystem: raw, m: opts.Metrics}
-	}
-	srv, err := fuse.NewServer(raw, mountpoint, &fsOpts.MountOptions)
-	if err != nil {
-		ofs.close()
-		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
-	}
+	raw := &rawFS{RawFileSystem: fs.NewNodeFS(root, ofs.fsOptions()), ofs: ofs}
+	return &Server{ofs: ofs, req: newRequestFS(raw, ofs, opts.Metrics), mountpoint: mountpoint, dev: -1, serveFd: -1}, nil
+}
+
+// start serves srv.
+func (s *Server) start(srv *fuse.Server) {
+	s.fuse = srv
+	s.ofs.server = srv
 	go srv.Serve()
-	if err := srv.WaitMount(); err != nil {
-		_ = srv.Unmount() // best effort: the mount failed already
-		ofs.close()
-		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+}
+
+// abort undoes a mount that never served.
+func (s *Server) abort() {
+	_ = unmountDetach(s.mountpoint) // best effort: the mount failed already
+	unix.Close(s.dev)
+	s.ofs.close()
+}
+
+// layersHash identifies what shapes a mount's node ids and handles: a
+// state file is only taken over by a server of the same layers.
+func layersHash(l Layers, o Options) uint64 {
+	h := fnv.New64a()
+	for _, p := range append(append([]string{l.Upper, l.Work}, l.Lower...), string(o.Passthrough), string(o.Consistency)) {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
 	}
-	ofs.server = srv
-	s := &Server{fuse: srv, ofs: ofs, mountpoint: mountpoint}
-	if err := ofs.afterMount(); err != nil {
-		_ = s.Unmount() // best effort: err is what the caller needs
-		return nil, err
+	if o.ReadOnly {
+		h.Write([]byte{1})
 	}
-	return s, nil
+	return h.Sum64()
 }
 
 // checkUmask fails unless the process umask is 0. It reads it from
@@ -111,7 +176,10 @@ func (s *Server) Mountpoint() string { return s.mountpoint }
 // Unmount detaches the mount and releases the layers. It waits for the
 // server loop to end.
 func (s *Server) Unmount() error {
-	err := s.fuse.Unmount()
+	if s.stopped {
+		return errors.New("overlayfuse: unmount of a mount handed over (Stop)")
+	}
+	err := unix.Unmount(s.mountpoint, 0)
 	if err != nil {
 		// A busy mount still has to go: detach it lazily so no stale
 		// mount is left behind.
@@ -122,6 +190,7 @@ func (s *Server) Unmount() error {
 	s.fuse.Wait()
 	s.ended.Do(s.ofs.end)
 	s.ofs.close()
+	unix.Close(s.dev)
 	return err
 }
 

@@ -430,8 +430,8 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	}
 	child := n.ofs.newNode(realRef{layer: n.ofs.upper, fd: -1, fh: fh}, nil)
 	child.bornUpper = true
-	ino := n.ofs.ino(st.Dev, st.Ino)
-	ch := n.NewInode(ctx, child, fs.StableAttr{Mode: unix.S_IFREG, Ino: ino, Gen: 1})
+	child.ino = n.ofs.ino(st.Dev, st.Ino)
+	ch := n.NewInode(ctx, child, n.ofs.freshAttr(child.ino, unix.S_IFREG))
 	child.fillAttr(&st, &out.Attr)
 	return ch, child.createdFile(fd, flags), child.openFlags(), 0
 }

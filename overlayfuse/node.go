@@ -16,6 +16,9 @@ import (
 type node struct {
 	fs.Inode
 	ofs *overlayFS
+	// ino is the overlay inode number (st_ino); the FUSE node id is
+	// StableAttr().Ino (nodeid.go).
+	ino uint64
 
 	mu sync.Mutex
 	// upper is the upper object, if any.
@@ -139,6 +142,8 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 // fillAttr turns the real object's stat into the overlay's attributes.
 func (n *node) fillAttr(st *unix.Stat_t, a *fuse.Attr) {
 	a.FromStat(toSyscallStat(st))
+	// The bridge puts the node id here anyway; requestFS puts the
+	// inode number back where the two differ (nodeid.go).
 	a.Ino = n.StableAttr().Ino
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -348,6 +353,9 @@ func (n *node) entryNode(ctx context.Context, name string, e *entry, out *fuse.E
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if n.ofs.restoring {
+		return n.lookupGhost(ctx, name, out)
+	}
 	if len(name) > 255 {
 		return nil, syscall.ENAMETOOLONG
 	}
@@ -431,7 +439,8 @@ func (ofs *overlayFS) nodeFor(ctx context.Context, parent *node, name string, e 
 	}
 	ofs.nodes[ino] = n
 	ofs.mu.Unlock()
-	parent.NewInode(ctx, n, fs.StableAttr{Mode: mode, Ino: ino, Gen: gen})
+	n.ino = ino
+	parent.NewInode(ctx, n, fs.StableAttr{Mode: mode, Ino: ofs.nodeIDLocked(ino, gen), Gen: gen})
 	return n, true, 0
 }
 

@@ -101,10 +101,11 @@ func (n *node) retire() syscall.Errno {
 	n.mu.Lock()
 	n.stale = true
 	n.mu.Unlock()
-	attr := n.StableAttr()
+	n.ofs.state.retired(n.StableAttr().Ino, n.layerIndex())
+	gen := n.StableAttr().Gen
 	n.ofs.mu.Lock()
-	if n.ofs.gens[attr.Ino] <= attr.Gen {
-		n.ofs.gens[attr.Ino] = attr.Gen + 1
+	if n.ofs.gens[n.ino] <= gen {
+		n.ofs.gens[n.ino] = gen + 1
 	}
 	n.ofs.mu.Unlock()
 	return syscall.ESTALE
@@ -147,4 +148,19 @@ func (f *file) PassthroughFd() (int, bool) {
 		return -1, false
 	}
 	return f.fd, true
+}
+
+// layerIndex is the index in ofs.lowers of the layer n's object is on,
+// -1 for the upper.
+func (n *node) layerIndex() int32 {
+	r := n.real()
+	if !r.valid() || r.layer == nil || r.layer.upper {
+		return -1
+	}
+	for i, l := range n.ofs.lowers {
+		if l == r.layer {
+			return int32(i)
+		}
+	}
+	return -1
 }

@@ -61,7 +61,7 @@ func (r *rawFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
 	return fuse.OK
 }
 
-func (f *file) ino() uint64 { return f.n.StableAttr().Ino }
+func (f *file) ino() uint64 { return f.n.ino }
 
 func (f *file) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
 	f.n.ofs.locks.getlk(f.ino(), owner, lk, flags&fuse.FUSE_LK_FLOCK != 0, out)
@@ -104,7 +104,7 @@ func (f *file) releaseLocks() {
 // send FLUSH at its close while the file holds no POSIX lock.
 func (n *node) openFlags() uint32 {
 	flags := uint32(fuse.FOPEN_KEEP_CACHE)
-	if !n.ofs.locks.holdsPosix(n.StableAttr().Ino) {
+	if !n.ofs.locks.holdsPosix(n.ino) {
 		flags |= fuse.FOPEN_NOFLUSH
 	}
 	return flags

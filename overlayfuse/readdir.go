@@ -3,7 +3,6 @@ package overlayfuse
 import (
 	"cmp"
 	"context"
-	"hash/maphash"
 	"slices"
 	"strings"
 	"sync"
@@ -161,11 +160,13 @@ func (d *dirHandle) load() syscall.Errno {
 	if errno != 0 {
 		return errno
 	}
-	numberEntries(ents)
-	self := d.n.StableAttr().Ino
+	numberEntries(d.n.ofs.cookieKey, ents)
+	self := d.n.ino
 	parentIno := self
 	if _, p := d.n.Parent(); p != nil {
-		parentIno = p.StableAttr().Ino
+		if pn, ok := p.Operations().(*node); ok {
+			parentIno = pn.ino
+		}
 	}
 	d.entries = append([]fuse.DirEntry{
 		{Name: ".", Mode: syscall.S_IFDIR, Ino: self, Off: 1},
@@ -214,19 +215,19 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 // firstCookie follows those of "." (1) and ".." (2).
 const firstCookie = 3
 
-// cookieSeed keys the name hash, so that no layer can be made to hold
-// names whose cookies collide.
-var cookieSeed = maphash.MakeSeed()
-
 // numberEntries sets each entry's Off to its name's cookie, a keyed hash
 // of the name, and sorts ents by it. A name has the same cookie in every
 // listing, also after it was deleted and made again, so no listing
 // stitched from several handles' replies, before and after changes, can
 // hold a name twice, and no table of names is kept. Two names whose
 // hashes collide (about one in 2^62) take consecutive cookies.
-func numberEntries(ents []fuse.DirEntry) {
+//
+// key is the mount's (stateHeader.cookieKey): secret, so that no layer can
+// be made to hold names whose cookies collide, and the same for every
+// server of the mount.
+func numberEntries(key [2]uint64, ents []fuse.DirEntry) {
 	for i := range ents {
-		ents[i].Off = maphash.String(cookieSeed, ents[i].Name)>>2 + firstCookie
+		ents[i].Off = sipHash24(key, ents[i].Name)>>2 + firstCookie
 	}
 	slices.SortFunc(ents, func(a, b fuse.DirEntry) int {
 		if c := cmp.Compare(a.Off, b.Off); c != 0 {

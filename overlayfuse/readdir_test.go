@@ -176,6 +176,6 @@ func BenchmarkDirCookies(b *testing.B) {
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		numberEntries(ents)
+		numberEntries([2]uint64{1, 2}, ents)
 	}
 }

@@ -86,6 +86,10 @@ func (r realRef) open(flags int) (int, error) {
 		}
 		return reopen(r.fd, flags)
 	}
+	if r.layer == nil {
+		// No object: a node carried over whose file was gone (restore.go).
+		return -1, unix.ESTALE
+	}
 	return dirFds.retry(func() (int, error) { return openByHandle(r.layer, r.fh, flags) })
 }
 
