@@ -62,6 +62,8 @@ type overlayFS struct {
 	// the root to look up (restore.go).
 	restoring bool
 	ghost     *nodeRecord
+	// panicName: a lookup of it panics (set by tests of the recovery).
+	panicName string
 
 	// passthrough: the kernel takes backing files on this mount.
 	passthrough bool

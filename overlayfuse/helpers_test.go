@@ -191,8 +191,18 @@ func serveChild(spec string) int {
 	}
 	fmt.Printf("ready %v\n", srv.PassthroughActive())
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, unix.SIGTERM, unix.SIGINT)
-	go func() { <-sig; _ = srv.Unmount() }()
+	signal.Notify(sig, unix.SIGTERM, unix.SIGINT, unix.SIGUSR1)
+	go func() {
+		if <-sig == unix.SIGUSR1 {
+			// A hand-over: stop serving, keep the mount, exit.
+			if err := srv.Stop(); err != nil {
+				fmt.Fprintln(os.Stderr, "stop:", err)
+				os.Exit(1)
+			}
+			os.Exit(0)
+		}
+		_ = srv.Unmount()
+	}()
 	srv.Wait()
 	return 0
 }

@@ -69,6 +69,15 @@ func startServer(t *testing.T, s serveSpec, extra ...*os.File) *server {
 	return srv
 }
 
+// handOver asks the server to stop for a hand-over and waits for it.
+func (s *server) handOver(t *testing.T) {
+	_ = s.cmd.Process.Signal(unix.SIGUSR1)
+	if err := <-s.done; err != nil {
+		t.Errorf("server stopping for a hand-over: %v", err)
+	}
+	s.done <- nil
+}
+
 func (s *server) kill() {
 	_ = s.cmd.Process.Kill()
 	<-s.done
@@ -145,6 +154,16 @@ done
 // new server: the process goes on without one failed call, the open fds
 // keep working, and the tree is what they wrote.
 func TestResumeAfterKill(t *testing.T) {
+	testResume(t, (*server).kill)
+}
+
+// TestResumeAfterStop is TestResumeAfterKill with a graceful hand-over:
+// the server stops (Stop) and exits, the next one resumes.
+func TestResumeAfterStop(t *testing.T) {
+	testResume(t, func(s *server) { s.handOver(t) })
+}
+
+func testResume(t *testing.T, end func(*server)) {
 	testutil.RequireFUSE(t)
 	for _, mode := range []struct {
 		name string
@@ -202,7 +221,7 @@ func TestResumeAfterKill(t *testing.T) {
 				}
 			}
 
-			first.kill()
+			end(first)
 			start := time.Now()
 			spec.Resume = true
 			second := startServer(t, spec, h.Dev, h.State)
