@@ -2,6 +2,7 @@ package overlayfuse
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"syscall"
 
@@ -106,7 +107,7 @@ func (ofs *overlayFS) checkIDMapped() error {
 		return nil
 	}
 	if ofs.server.KernelSettings().Flags64()&fuse.CAP_ALLOW_IDMAP == 0 {
-		return fmt.Errorf("an id mapping needs idmapped FUSE mounts (FUSE_ALLOW_IDMAP, Linux 6.12), which this kernel does not offer")
+		return fmt.Errorf("an id mapping: %w", ErrIDMapUnsupported)
 	}
 	return nil
 }
@@ -120,3 +121,7 @@ func (ofs *overlayFS) creator(ctx context.Context) (int, int, syscall.Errno) {
 	}
 	return ofs.ids.toHost(int(c.Uid), int(c.Gid))
 }
+
+// ErrIDMapUnsupported is the error of a mount with an id mapping on a
+// kernel that cannot idmap FUSE mounts.
+var ErrIDMapUnsupported = errors.New("this kernel cannot idmap FUSE mounts (FUSE_ALLOW_IDMAP needs Linux 6.12)")

@@ -86,12 +86,19 @@ func needsOverlay(s storage.Snapshot, info snapshots.Info) bool {
 	switch {
 	case len(s.ParentIDs) == 0:
 		return false
-	case s.Kind == snapshots.KindView && len(s.ParentIDs) == 1:
-		return false
 	case isUnpack(s, info):
 		return false
+	case s.Kind == snapshots.KindView && len(s.ParentIDs) == 1:
+		// A layer is never idmapped by the kernel: a view with an id
+		// mapping gets an overlay that can be.
+		return hasIDMapping(info)
 	}
 	return true
+}
+
+func hasIDMapping(info snapshots.Info) bool {
+	_, ok := info.Labels[snapshots.LabelSnapshotUIDMapping]
+	return ok
 }
 
 // mounts is what containerd mounts for s: one bind mount, or for an
@@ -113,8 +120,19 @@ func (o *Snapshotter) mounts(s storage.Snapshot, info snapshots.Info) []mount.Mo
 			},
 		}}
 	}
+	// With uidmap= and gidmap= containerd idmaps the bind mount once it
+	// is made (core/mount), as it does overlayfs' lower layers for its
+	// own snapshotter; the overlay serves it in the mapping's ids.
+	var options []string
+	if hasIDMapping(info) {
+		options = append(options,
+			"uidmap="+info.Labels[snapshots.LabelSnapshotUIDMapping],
+			"gidmap="+info.Labels[snapshots.LabelSnapshotGIDMapping])
+	}
 	rw := "rw"
-	if s.Kind == snapshots.KindView {
+	if s.Kind == snapshots.KindView && (len(options) == 0 || len(s.ParentIDs) == 0) {
+		// containerd skips the idmap of a read-only bind mount; a view
+		// with a mapping is read-only in its FUSE mount instead.
 		rw = "ro"
 	}
 	source := o.mergedPath(s.ID)
@@ -127,7 +145,7 @@ func (o *Snapshotter) mounts(s storage.Snapshot, info snapshots.Info) []mount.Mo
 	return []mount.Mount{{
 		Type:    "bind",
 		Source:  source,
-		Options: []string{"rbind", rw},
+		Options: append(options, "rbind", rw),
 	}}
 }
 
@@ -146,10 +164,18 @@ func (o *Snapshotter) mountOverlay(ctx context.Context, s storage.Snapshot, info
 		layers.Upper = o.upperPath(s.ID)
 		layers.Work = o.workPath(s.ID)
 	}
+	ids, err := snapshotIDMapping(info)
+	if err != nil {
+		return err
+	}
+	if ids.active() && !o.idmap {
+		return fmt.Errorf("snapshot has an id mapping: %w: %w (remove remap-ids from the proxy plugin's capabilities, so that containerd makes a chowned copy instead)",
+			overlayfuse.ErrIDMapUnsupported, errdefs.ErrNotImplemented)
+	}
 	// A root made by an older version may lack the mountpoint.
 	merged := o.mergedPath(s.ID)
 	if err := os.Mkdir(merged, 0o755); err != nil && !os.IsExist(err) {
 		return err
 	}
-	return o.live.mount(ctx, s.ID, merged, layers, readOnly)
+	return o.live.mount(ctx, s.ID, merged, layers, mountParams{readOnly: readOnly, uidMap: ids.uids, gidMap: ids.gids})
 }

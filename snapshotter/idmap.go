@@ -1,0 +1,92 @@
+//go:build linux
+
+package snapshotter
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+
+	"github.com/overlayfuse/overlayfuse/overlayfuse"
+)
+
+// idMapping is a snapshot's user namespace mapping, from the labels
+// containerd sets on Prepare and View where the snapshotter advertises
+// remap-ids (client.WithRemapperLabels, the CRI plugin's pods with
+// hostUsers: false, nerdctl --userns-remap).
+type idMapping struct {
+	uidLabel, gidLabel string
+	uids, gids         []overlayfuse.IDMapping
+}
+
+func (m idMapping) active() bool { return len(m.uids) > 0 }
+
+// snapshotIDMapping reads the mapping labels of info; neither is no
+// mapping. containerd idmaps a mount only with both.
+func snapshotIDMapping(info snapshots.Info) (idMapping, error) {
+	u, uok := info.Labels[snapshots.LabelSnapshotUIDMapping]
+	g, gok := info.Labels[snapshots.LabelSnapshotGIDMapping]
+	if !uok && !gok {
+		return idMapping{}, nil
+	}
+	if !uok || !gok {
+		return idMapping{}, fmt.Errorf("labels %s and %s go together: %w",
+			snapshots.LabelSnapshotUIDMapping, snapshots.LabelSnapshotGIDMapping, errdefs.ErrInvalidArgument)
+	}
+	m := idMapping{uidLabel: u, gidLabel: g}
+	var err error
+	if m.uids, err = parseIDMapping(u); err != nil {
+		return idMapping{}, fmt.Errorf("label %s: %w: %w", snapshots.LabelSnapshotUIDMapping, err, errdefs.ErrInvalidArgument)
+	}
+	if m.gids, err = parseIDMapping(g); err != nil {
+		return idMapping{}, fmt.Errorf("label %s: %w: %w", snapshots.LabelSnapshotGIDMapping, err, errdefs.ErrInvalidArgument)
+	}
+	o := overlayfuse.Options{UIDMap: m.uids, GIDMap: m.gids}
+	if err := o.Validate(); err != nil {
+		return idMapping{}, fmt.Errorf("id mapping labels: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return m, nil
+}
+
+// parseIDMapping parses containerd's "container:host:size[,…]".
+func parseIDMapping(s string) ([]overlayfuse.IDMapping, error) {
+	var ms []overlayfuse.IDMapping
+	for _, e := range strings.Split(s, ",") {
+		f := strings.Split(e, ":")
+		if len(f) != 3 {
+			return nil, fmt.Errorf("%q: want container-id:host-id:size", e)
+		}
+		var v [3]uint32
+		for i, x := range f {
+			n, err := strconv.ParseUint(x, 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("%q: %w", e, err)
+			}
+			v[i] = uint32(n)
+		}
+		ms = append(ms, overlayfuse.IDMapping{ContainerID: v[0], HostID: v[1], Size: v[2]})
+	}
+	return ms, nil
+}
+
+// toHost maps a container id to the host, or reports that it cannot.
+func toHost(ms []overlayfuse.IDMapping, id uint32) (uint32, bool) {
+	for _, e := range ms {
+		if id >= e.ContainerID && id-e.ContainerID < e.Size {
+			return e.HostID + id - e.ContainerID, true
+		}
+	}
+	return 0, false
+}
+
+// mountOptions are the options containerd turns into an idmapped bind
+// mount (core/mount: uidmap= and gidmap= together).
+func (m idMapping) mountOptions() []string {
+	if !m.active() {
+		return nil
+	}
+	return []string{"uidmap=" + m.uidLabel, "gidmap=" + m.gidLabel}
+}
