@@ -13,7 +13,6 @@ import (
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
-	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
@@ -111,17 +110,7 @@ func TestIDMappedSnapshots(t *testing.T) {
 		mounttest.Detach(t, target)
 	}
 	// No layer was chowned: both containers saw their own mapping.
-	commitID := func(name string) string {
-		var id string
-		if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
-			id, _, _, err = storage.GetInfo(ctx, name)
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		return id
-	}
-	if got := owner(t, filepath.Join(s.upperPath(commitID("base")), "etc", "passwd")); got != [2]uint32{0, 0} {
+	if got := owner(t, filepath.Join(s.upperPath(snapshotID(ctx, t, s, "base")), "etc", "passwd")); got != [2]uint32{0, 0} {
 		t.Errorf("layer file owned by %v, want 0:0", got)
 	}
 

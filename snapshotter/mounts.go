@@ -76,7 +76,24 @@ func isUnpack(s storage.Snapshot, info snapshots.Info) bool {
 	if _, ok := info.Labels[unpackLabel]; ok {
 		return true
 	}
-	return strings.HasPrefix(path.Base(info.Name), snapshots.UnpackKeyPrefix+"-")
+	return strings.HasPrefix(path.Base(info.Name), snapshots.UnpackKeyPrefix+"-") || isChownCopy(s, info)
+}
+
+// isChownCopy reports whether s is the chowned copy of an image that
+// containerd's client makes for a user namespace where the snapshotter
+// lacks remap-ids (client.resolveSnapshotOptions: Prepare
+// "<digest>-remap", a walk that lchowns every name, Commit). The walk maps
+// each name's owner afresh, so the second name of a hard link must still
+// show the image's owner after the first was chowned: it does on kernel
+// overlayfs, which copies up one name and splits the link, and cannot on
+// our FUSE overlay, which keeps a hard link one file (a FUSE SETATTR
+// names an inode, not the name it came through). containerd mounts the
+// overlay answer itself, and the copy lands in our format, as containerd's
+// overlayfs snapshotter leaves it.
+func isChownCopy(s storage.Snapshot, info snapshots.Info) bool {
+	base := path.Base(info.Name)
+	return s.Kind == snapshots.KindActive && !hasIDMapping(info) &&
+		strings.HasPrefix(base, "sha256:") && strings.HasSuffix(base, "-remap")
 }
 
 // needsOverlay reports whether s is served by a FUSE overlay. A snapshot
