@@ -65,7 +65,7 @@ func (o *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 		if _, info, _, err = storage.GetInfo(ctx, key); err != nil {
 			return fmt.Errorf("create snapshot %q: %w", key, err)
 		}
-		ids, err := snapshotIDMapping(info)
+		ids, err := o.snapshotIDMapping(s, info)
 		if err != nil {
 			return fmt.Errorf("create snapshot %q: %w", key, err)
 		}

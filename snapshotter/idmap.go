@@ -4,10 +4,13 @@ package snapshotter
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
 
 	"github.com/overlayfuse/overlayfuse/overlayfuse"
@@ -24,9 +27,38 @@ type idMapping struct {
 
 func (m idMapping) active() bool { return len(m.uids) > 0 }
 
-// snapshotIDMapping reads the mapping labels of info; neither is no
+// chownedCopyMark, in a snapshot's directory, marks the client's chowned
+// copy of an image (isChownCopy) once committed.
+const chownedCopyMark = "chowned-copy"
+
+// idMapped reports whether s is served idmapped: it has the mapping labels
+// and its parent is not a chowned copy. The client labels the container's
+// snapshot on the chowned copy too, as it does not know which way the
+// snapshotter went; containerd's overlayfs snapshotter without remap-ids
+// ignores the labels there, and so do we.
+func (o *Snapshotter) idMapped(s storage.Snapshot, info snapshots.Info) bool {
+	if !hasIDMapping(info) {
+		return false
+	}
+	if len(s.ParentIDs) == 0 {
+		return true
+	}
+	_, err := os.Lstat(filepath.Join(o.snapshotDir(s.ParentIDs[0]), chownedCopyMark))
+	return err != nil
+}
+
+// snapshotIDMapping is the mapping s is served with (idMapped); none
+// without one.
+func (o *Snapshotter) snapshotIDMapping(s storage.Snapshot, info snapshots.Info) (idMapping, error) {
+	if !o.idMapped(s, info) {
+		return idMapping{}, nil
+	}
+	return parseIDMappingLabels(info)
+}
+
+// parseIDMappingLabels reads the mapping labels of info; neither is no
 // mapping. containerd idmaps a mount only with both.
-func snapshotIDMapping(info snapshots.Info) (idMapping, error) {
+func parseIDMappingLabels(info snapshots.Info) (idMapping, error) {
 	u, uok := info.Labels[snapshots.LabelSnapshotUIDMapping]
 	g, gok := info.Labels[snapshots.LabelSnapshotGIDMapping]
 	if !uok && !gok {

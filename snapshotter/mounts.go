@@ -76,7 +76,7 @@ func isUnpack(s storage.Snapshot, info snapshots.Info) bool {
 	if _, ok := info.Labels[unpackLabel]; ok {
 		return true
 	}
-	return strings.HasPrefix(path.Base(info.Name), snapshots.UnpackKeyPrefix+"-") || isChownCopy(s, info)
+	return strings.HasPrefix(path.Base(info.Name), snapshots.UnpackKeyPrefix+"-") || isChownCopy(info)
 }
 
 // isChownCopy reports whether s is the chowned copy of an image that
@@ -90,9 +90,9 @@ func isUnpack(s storage.Snapshot, info snapshots.Info) bool {
 // names an inode, not the name it came through). containerd mounts the
 // overlay answer itself, and the copy lands in our format, as containerd's
 // overlayfs snapshotter leaves it.
-func isChownCopy(s storage.Snapshot, info snapshots.Info) bool {
+func isChownCopy(info snapshots.Info) bool {
 	base := path.Base(info.Name)
-	return s.Kind == snapshots.KindActive && !hasIDMapping(info) &&
+	return info.Kind == snapshots.KindActive && !hasIDMapping(info) &&
 		strings.HasPrefix(base, "sha256:") && strings.HasSuffix(base, "-remap")
 }
 
@@ -141,7 +141,7 @@ func (o *Snapshotter) mounts(s storage.Snapshot, info snapshots.Info) []mount.Mo
 	// is made (core/mount), as it does overlayfs' lower layers for its
 	// own snapshotter; the overlay serves it in the mapping's ids.
 	var options []string
-	if hasIDMapping(info) {
+	if o.idMapped(s, info) {
 		options = append(options,
 			"uidmap="+info.Labels[snapshots.LabelSnapshotUIDMapping],
 			"gidmap="+info.Labels[snapshots.LabelSnapshotGIDMapping])
@@ -181,7 +181,7 @@ func (o *Snapshotter) mountOverlay(ctx context.Context, s storage.Snapshot, info
 		layers.Upper = o.upperPath(s.ID)
 		layers.Work = o.workPath(s.ID)
 	}
-	ids, err := snapshotIDMapping(info)
+	ids, err := o.snapshotIDMapping(s, info)
 	if err != nil {
 		return err
 	}
