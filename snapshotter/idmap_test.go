@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
+	"github.com/overlayfuse/overlayfuse/internal/testutil"
 	"github.com/overlayfuse/overlayfuse/internal/testutil/mounttest"
 )
 
@@ -152,5 +153,53 @@ func TestIDMapLabelsRefused(t *testing.T) {
 	t.Log(err)
 	if _, err := s.Stat(ctx, "nokernel"); !errdefs.IsNotFound(err) {
 		t.Errorf("refused snapshot left behind: %v", err)
+	}
+}
+
+// A snapshot with a mapping is mounted with it again by the next process.
+func TestIDMappedAfterRestart(t *testing.T) {
+	ctx := context.Background()
+	testutil.RequireFUSE(t)
+	root := t.TempDir()
+	s1, err := NewSnapshotter(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commitLayer(ctx, t, s1, "base", "", map[string]string{"etc/passwd": "root\n"})
+	if _, err := s1.Prepare(ctx, "c", "base", idMapLabels("200000")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := NewSnapshotter(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s2.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		mounttest.AssertNoMounts(t, root)
+	})
+	m, err := s2.Mounts(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := mounttest.MountAt(t, m)
+	for _, d := range []string{filepath.Dir(target), filepath.Dir(filepath.Dir(target))} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := owner(t, filepath.Join(target, "etc/passwd")); got != [2]uint32{200000, 200000} {
+		t.Errorf("after restart etc/passwd owned by %v, want 200000", got)
+	}
+	if err := asHostUID(200000, func() error { return os.WriteFile(filepath.Join(target, "new"), nil, 0o644) }); err != nil {
+		t.Fatal(err)
+	}
+	id := filepath.Base(filepath.Dir(m[0].Source))
+	if got := owner(t, filepath.Join(s2.upperPath(id), "new")); got != [2]uint32{200000, 200000} {
+		t.Errorf("after restart a new file lands owned by %v, want 200000", got)
 	}
 }
