@@ -71,6 +71,15 @@ func addRemapUser(t *testing.T, base int) string {
 		}
 		return nil
 	}
+	// usermod refuses subordinate ids without the files.
+	for _, f := range []string{"/etc/subuid", "/etc/subgid"} {
+		if _, err := os.Stat(f); os.IsNotExist(err) {
+			if err := os.WriteFile(f, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.Remove(f) })
+		}
+	}
 	if err := run("useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", name); err != nil {
 		t.Fatal(err)
 	}

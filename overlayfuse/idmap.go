@@ -90,6 +90,9 @@ func (m idMap) hostStat(st *unix.Stat_t) syscall.Errno {
 	return errno
 }
 
+// inUpper reports whether r is an object of the upper layer.
+func (r realRef) inUpper() bool { return r.valid() && r.layer.upper }
+
 // showUpper turns an upper object's owner into the container ids the
 // overlay shows.
 func (m idMap) showUpper(a *fuse.Attr) {

@@ -129,7 +129,7 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 		}
 	} else {
 		r := n.real()
-		upper = r.layer.upper
+		upper = r.inUpper()
 		if err := r.stat(&st); err == unix.ESTALE {
 			// The object lost its last name since the kernel looked it
 			// up, and its handle opens nothing: the name is gone.
@@ -353,7 +353,7 @@ func (n *node) entryNode(ctx context.Context, name string, e *entry, out *fuse.E
 		} else if err != nil {
 			st = e.st
 		} else {
-			upper = r.layer.upper
+			upper = r.inUpper()
 		}
 	}
 	child.fillAttr(&st, upper, &out.Attr)
