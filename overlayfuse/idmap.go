@@ -41,7 +41,8 @@ func validateIDMapping(kind string, ms []IDMapping) error {
 	return nil
 }
 
-func toHostID(ms []IDMapping, id uint32) (uint32, bool) {
+// ToHostID maps container id id through ms; false if no line covers it.
+func ToHostID(ms []IDMapping, id uint32) (uint32, bool) {
 	for _, e := range ms {
 		if id >= e.ContainerID && id-e.ContainerID < e.Size {
 			return e.HostID + id - e.ContainerID, true
@@ -73,7 +74,7 @@ func (m idMap) toHost(uid, gid int) (int, int, syscall.Errno) {
 		if *p.id < 0 {
 			continue
 		}
-		h, ok := toHostID(p.ms, uint32(*p.id))
+		h, ok := ToHostID(p.ms, uint32(*p.id))
 		if !ok {
 			return 0, 0, syscall.EOVERFLOW
 		}

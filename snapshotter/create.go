@@ -14,6 +14,8 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+
+	"github.com/overlayfuse/overlayfuse/overlayfuse"
 )
 
 // Prepare creates an active snapshot on parent and mounts its overlay.
@@ -126,8 +128,8 @@ func copyOwner(from, to string, ids idMapping) error {
 	uid, gid := sys.Uid, sys.Gid
 	if ids.active() {
 		var uok, gok bool
-		uid, uok = toHost(ids.uids, sys.Uid)
-		gid, gok = toHost(ids.gids, sys.Gid)
+		uid, uok = overlayfuse.ToHostID(ids.uids, sys.Uid)
+		gid, gok = overlayfuse.ToHostID(ids.gids, sys.Gid)
 		if !uok || !gok {
 			return fmt.Errorf("owner %d:%d of the image's root is outside the id mapping: %w", sys.Uid, sys.Gid, errdefs.ErrInvalidArgument)
 		}

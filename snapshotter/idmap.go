@@ -21,8 +21,7 @@ import (
 // remap-ids (client.WithRemapperLabels, the CRI plugin's pods with
 // hostUsers: false, nerdctl --userns-remap).
 type idMapping struct {
-	uidLabel, gidLabel string
-	uids, gids         []overlayfuse.IDMapping
+	uids, gids []overlayfuse.IDMapping
 }
 
 func (m idMapping) active() bool { return len(m.uids) > 0 }
@@ -68,7 +67,7 @@ func parseIDMappingLabels(info snapshots.Info) (idMapping, error) {
 		return idMapping{}, fmt.Errorf("labels %s and %s go together: %w",
 			snapshots.LabelSnapshotUIDMapping, snapshots.LabelSnapshotGIDMapping, errdefs.ErrInvalidArgument)
 	}
-	m := idMapping{uidLabel: u, gidLabel: g}
+	var m idMapping
 	var err error
 	if m.uids, err = parseIDMapping(u); err != nil {
 		return idMapping{}, fmt.Errorf("label %s: %w: %w", snapshots.LabelSnapshotUIDMapping, err, errdefs.ErrInvalidArgument)
@@ -102,23 +101,4 @@ func parseIDMapping(s string) ([]overlayfuse.IDMapping, error) {
 		ms = append(ms, overlayfuse.IDMapping{ContainerID: v[0], HostID: v[1], Size: v[2]})
 	}
 	return ms, nil
-}
-
-// toHost maps a container id to the host, or reports that it cannot.
-func toHost(ms []overlayfuse.IDMapping, id uint32) (uint32, bool) {
-	for _, e := range ms {
-		if id >= e.ContainerID && id-e.ContainerID < e.Size {
-			return e.HostID + id - e.ContainerID, true
-		}
-	}
-	return 0, false
-}
-
-// mountOptions are the options containerd turns into an idmapped bind
-// mount (core/mount: uidmap= and gidmap= together).
-func (m idMapping) mountOptions() []string {
-	if !m.active() {
-		return nil
-	}
-	return []string{"uidmap=" + m.uidLabel, "gidmap=" + m.gidLabel}
 }

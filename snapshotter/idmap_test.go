@@ -137,6 +137,7 @@ func TestIDMapLabelsRefused(t *testing.T) {
 	commitLayer(ctx, t, s, "base", "", map[string]string{"a": "1"})
 	for _, labels := range []map[string]string{
 		{snapshots.LabelSnapshotUIDMapping: "0:200000:65536"},
+		{snapshots.LabelSnapshotGIDMapping: "0:200000:65536"},
 		{snapshots.LabelSnapshotUIDMapping: "0:200000", snapshots.LabelSnapshotGIDMapping: "0:200000:65536"},
 		{snapshots.LabelSnapshotUIDMapping: "0:200000:0", snapshots.LabelSnapshotGIDMapping: "0:200000:65536"},
 	} {

@@ -114,8 +114,9 @@ func needsOverlay(s storage.Snapshot, info snapshots.Info) bool {
 }
 
 func hasIDMapping(info snapshots.Info) bool {
-	_, ok := info.Labels[snapshots.LabelSnapshotUIDMapping]
-	return ok
+	_, uok := info.Labels[snapshots.LabelSnapshotUIDMapping]
+	_, gok := info.Labels[snapshots.LabelSnapshotGIDMapping]
+	return uok || gok
 }
 
 // mounts is what containerd mounts for s: one bind mount, or for an
