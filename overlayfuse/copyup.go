@@ -163,6 +163,9 @@ func (ofs *overlayFS) copyUpObject(srcRef realRef, dstDir int, name string) (rea
 	if err := fstat(src, &st); err != nil {
 		return noRef, ofs.toErrno(err)
 	}
+	if errno := ofs.ids.hostStat(&st); errno != 0 {
+		return noRef, errno
+	}
 	tmp := ofs.tmpName()
 	work := ofs.workFd
 	isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR

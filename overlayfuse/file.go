@@ -271,12 +271,16 @@ func (f *file) Release(ctx context.Context) syscall.Errno {
 	return f.n.ofs.toErrno(err)
 }
 
-func (f *file) fstat(st *unix.Stat_t) syscall.Errno {
+// fstat stats the handle's file and reports whether it is the upper one.
+func (f *file) fstat(st *unix.Stat_t) (bool, syscall.Errno) {
 	fd, errno := f.readFd()
 	if errno != 0 {
-		return errno
+		return false, errno
 	}
-	return f.n.ofs.toErrno(fstat(fd, st))
+	f.mu.RLock()
+	upper := f.upper && f.fd == fd
+	f.mu.RUnlock()
+	return upper, f.n.ofs.toErrno(fstat(fd, st))
 }
 
 func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {

@@ -76,6 +76,9 @@ type overlayFS struct {
 	// locks are the file locks, by inode number (locks.go).
 	locks lockTables
 
+	// ids maps owners between the layers and what the mount shows.
+	ids idMap
+
 	// copyMu serializes copy-ups: parents first, each exactly once.
 	copyMu sync.Mutex
 	tmpSeq atomic.Uint64
@@ -93,6 +96,7 @@ func newOverlayFS(layers Layers, opts Options) (*overlayFS, error) {
 	}
 	ofs := &overlayFS{
 		opts:       opts,
+		ids:        idMap{uids: opts.UIDMap, gids: opts.GIDMap},
 		workFd:     -1,
 		workLockFd: -1,
 		whFd:       -1,
@@ -276,6 +280,8 @@ func (ofs *overlayFS) fsOptions() *fs.Options {
 			// Locks are kept by inode number, so that they hold across
 			// the retire of a node at copy-up (locks.go).
 			EnableLocks: true,
+			// Lets the kernel idmap the mount (needs default_permissions).
+			IDMappedMount: ofs.ids.active(),
 		},
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
@@ -353,6 +359,9 @@ func (ofs *overlayFS) disabledCaps() uint64 {
 }
 
 func (ofs *overlayFS) afterMount() error {
+	if err := ofs.checkIDMapped(); err != nil {
+		return err
+	}
 	if err := ofs.probePassthrough(); err != nil {
 		if ofs.opts.Passthrough == PassthroughOn {
 			return fmt.Errorf("passthrough=on: %w", err)

@@ -57,9 +57,9 @@ func (n *node) prepareNew(ctx context.Context, name string) (ne newEntry, errno 
 	}
 	ne.dir, ne.done = dir, done
 	ne.overWhiteout = e.upperWhiteout
-	ne.uid, ne.gid = -1, -1
-	if c, ok := fuse.FromContext(ctx); ok {
-		ne.uid, ne.gid = int(c.Uid), int(c.Gid)
+	if ne.uid, ne.gid, errno = n.ofs.creator(ctx); errno != 0 {
+		ne.done()
+		return ne, errno
 	}
 	var pst unix.Stat_t
 	if err := fstat(ne.dir, &pst); err != nil {
@@ -395,9 +395,10 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	if errno := n.copyUp(ctx); errno != 0 {
 		return nil, nil, 0, errno
 	}
-	ne := newEntry{uid: -1, gid: -1}
-	if c, ok := fuse.FromContext(ctx); ok {
-		ne.uid, ne.gid = int(c.Uid), int(c.Gid)
+	var ne newEntry
+	var errno syscall.Errno
+	if ne.uid, ne.gid, errno = n.ofs.creator(ctx); errno != 0 {
+		return nil, nil, 0, errno
 	}
 	dir, done, err := n.upperDirFd()
 	if err != nil {
@@ -432,6 +433,6 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	child.bornUpper = true
 	child.ino = n.ofs.ino(st.Dev, st.Ino)
 	ch := n.NewInode(ctx, child, n.ofs.freshAttr(child.ino, unix.S_IFREG))
-	child.fillAttr(&st, &out.Attr)
+	child.fillAttr(&st, true, &out.Attr)
 	return ch, child.createdFile(fd, flags), child.openFlags(), 0
 }

@@ -124,27 +124,37 @@ func (n *node) OnForget() {
 
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	var st unix.Stat_t
+	var upper bool
 	if fh, ok := f.(*file); ok {
-		if errno := fh.fstat(&st); errno != 0 {
+		var errno syscall.Errno
+		if upper, errno = fh.fstat(&st); errno != 0 {
 			return errno
 		}
-	} else if err := n.real().stat(&st); err == unix.ESTALE {
-		// The object lost its last name since the kernel looked it
-		// up, and its handle opens nothing: the name is gone.
-		return syscall.ENOENT
-	} else if err != nil {
-		return n.ofs.toErrno(err)
+	} else {
+		r := n.real()
+		upper = r.inUpper()
+		if err := r.stat(&st); err == unix.ESTALE {
+			// The object lost its last name since the kernel looked it
+			// up, and its handle opens nothing: the name is gone.
+			return syscall.ENOENT
+		} else if err != nil {
+			return n.ofs.toErrno(err)
+		}
 	}
-	n.fillAttr(&st, &out.Attr)
+	n.fillAttr(&st, upper, &out.Attr)
 	return 0
 }
 
-// fillAttr turns the real object's stat into the overlay's attributes.
-func (n *node) fillAttr(st *unix.Stat_t, a *fuse.Attr) {
+// fillAttr turns the real object's stat, of the upper layer's object or a
+// lower one's, into the overlay's attributes.
+func (n *node) fillAttr(st *unix.Stat_t, upper bool, a *fuse.Attr) {
 	a.FromStat(toSyscallStat(st))
 	// The bridge puts the node id here anyway; requestFS puts the
 	// inode number back where the two differ (nodeid.go).
 	a.Ino = n.StableAttr().Ino
+	if upper {
+		n.ofs.ids.showUpper(a)
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.isDir() {
@@ -334,7 +344,7 @@ func resolveIn(upper realRef, lowers []realRef, name string) (e entry, errno sys
 // entryNode gives the node of e, name resolved in n, and its attributes
 // in out, as Lookup and newChild end.
 func (n *node) entryNode(ctx context.Context, name string, e *entry, out *fuse.EntryOut) (*node, syscall.Errno) {
-	st := e.st
+	st, upper := e.st, e.upper.valid()
 	child, fresh, errno := n.ofs.nodeFor(ctx, n, name, e)
 	if errno != 0 {
 		return nil, errno
@@ -342,13 +352,16 @@ func (n *node) entryNode(ctx context.Context, name string, e *entry, out *fuse.E
 	if !fresh {
 		// A known node: its real object's attributes, not the entry's;
 		// the entry's if that object lost its last name just now.
-		if err := child.real().stat(&st); err != nil && err != unix.ESTALE {
+		r := child.real()
+		if err := r.stat(&st); err != nil && err != unix.ESTALE {
 			return nil, n.ofs.toErrno(err)
 		} else if err != nil {
 			st = e.st
+		} else {
+			upper = r.inUpper()
 		}
 	}
-	child.fillAttr(&st, &out.Attr)
+	child.fillAttr(&st, upper, &out.Attr)
 	return child, 0
 }
 

@@ -70,6 +70,14 @@ type Options struct {
 	Volatile bool
 	// Metrics, if set, is told of every FUSE request, copy-up and open.
 	Metrics Metrics
+	// UIDMap and GIDMap, both or neither, serve the overlay for an
+	// idmapped mount with this mapping (FUSE_ALLOW_IDMAP, Linux 6.12;
+	// Mount fails without it): the lower layers hold container ids, the
+	// upper layer the host ids the mapping gives them, and the mount
+	// shows container ids, so its idmapped bind mounts show host ids.
+	// New objects and copy-ups get host ids in the upper layer; no layer
+	// is ever chowned.
+	UIDMap, GIDMap []IDMapping
 }
 
 // ParsePassthrough parses a passthrough setting; empty means
@@ -102,6 +110,15 @@ func (o *Options) Validate() error {
 		return err
 	}
 	if _, err := ParseConsistency(string(o.Consistency)); err != nil {
+		return err
+	}
+	if (len(o.UIDMap) == 0) != (len(o.GIDMap) == 0) {
+		return fmt.Errorf("an id mapping needs both a uid and a gid mapping")
+	}
+	if err := validateIDMapping("uid", o.UIDMap); err != nil {
+		return err
+	}
+	if err := validateIDMapping("gid", o.GIDMap); err != nil {
 		return err
 	}
 	for _, f := range o.MountFlags {

@@ -172,7 +172,7 @@ func (n *node) lookupGhost(ctx context.Context, name string, out *fuse.EntryOut)
 	mode := uint32(unix.S_IFREG)
 	if r := ch.real(); r.valid() && r.stat(&st) == nil {
 		mode = st.Mode & unix.S_IFMT
-		ch.fillAttr(&st, &out.Attr)
+		ch.fillAttr(&st, ch.hasUpper(), &out.Attr)
 	}
 	n.ofs.mu.Lock()
 	if rec.id == rec.ino && n.ofs.gens[rec.ino] <= rec.gen {

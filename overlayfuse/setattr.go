@@ -40,6 +40,10 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 		if gok {
 			g = int(gid)
 		}
+		u, g, errno := n.ofs.ids.toHost(u, g)
+		if errno != 0 {
+			return errno
+		}
 		if err := unix.Fchownat(up, "", u, g, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return n.ofs.toErrno(err)
 		}
@@ -83,7 +87,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if err := fstat(up, &st); err != nil {
 		return n.ofs.toErrno(err)
 	}
-	n.fillAttr(&st, &out.Attr)
+	n.fillAttr(&st, true, &out.Attr)
 	return 0
 }
 

@@ -5,6 +5,8 @@ package snapshotter
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
@@ -27,6 +29,11 @@ func (o *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		}
 		if err := o.live.unmount(ctx, id); err != nil {
 			return fmt.Errorf("commit snapshot %q: end its overlay: %w", key, err)
+		}
+		if isChownCopy(info) {
+			if err := os.WriteFile(filepath.Join(o.snapshotDir(id), chownedCopyMark), nil, 0o600); err != nil {
+				return fmt.Errorf("commit snapshot %q: mark the chowned copy: %w", key, err)
+			}
 		}
 		usage, err := fs.DiskUsage(ctx, o.upperPath(id))
 		if err == nil {

@@ -12,7 +12,10 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+
+	"github.com/overlayfuse/overlayfuse/overlayfuse"
 )
 
 // Prepare creates an active snapshot on parent and mounts its overlay.
@@ -61,11 +64,19 @@ func (o *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 		if s, err = storage.CreateSnapshot(ctx, kind, key, parent, opts...); err != nil {
 			return fmt.Errorf("create snapshot %q: %w", key, err)
 		}
+		if _, info, _, err = storage.GetInfo(ctx, key); err != nil {
+			return fmt.Errorf("create snapshot %q: %w", key, err)
+		}
+		ids, err := o.snapshotIDMapping(s, info)
+		if err != nil {
+			return fmt.Errorf("create snapshot %q: %w", key, err)
+		}
 		if len(s.ParentIDs) > 0 {
 			// The root of the overlay shows the upper's owner: keep the
-			// parent's, as kernel overlay snapshotters do.
-			if err := copyOwner(o.upperPath(s.ParentIDs[0]), filepath.Join(td, "fs")); err != nil {
-				return err
+			// parent's, as kernel overlay snapshotters do, in the
+			// upper layer's host ids under a mapping.
+			if err := copyOwner(o.upperPath(s.ParentIDs[0]), filepath.Join(td, "fs"), ids); err != nil {
+				return fmt.Errorf("create snapshot %q: %w", key, err)
 			}
 		}
 		path = o.snapshotDir(s.ID)
@@ -73,9 +84,6 @@ func (o *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			return fmt.Errorf("create snapshot directory: %w", err)
 		}
 		td = ""
-		if _, info, _, err = storage.GetInfo(ctx, key); err != nil {
-			return fmt.Errorf("create snapshot %q: %w", key, err)
-		}
 		if err := o.mountOverlay(ctx, s, info); err != nil {
 			return fmt.Errorf("create snapshot %q: %w", key, err)
 		}
@@ -108,7 +116,7 @@ func (o *Snapshotter) prepareDirectory(snapshotDir string, kind snapshots.Kind) 
 	return td, nil
 }
 
-func copyOwner(from, to string) error {
+func copyOwner(from, to string, ids idMapping) error {
 	st, err := os.Stat(from)
 	if err != nil {
 		return fmt.Errorf("stat parent: %w", err)
@@ -117,7 +125,16 @@ func copyOwner(from, to string) error {
 	if !ok {
 		return fmt.Errorf("stat parent %s: no owner", from)
 	}
-	if err := os.Lchown(to, int(sys.Uid), int(sys.Gid)); err != nil {
+	uid, gid := sys.Uid, sys.Gid
+	if ids.active() {
+		var uok, gok bool
+		uid, uok = overlayfuse.ToHostID(ids.uids, sys.Uid)
+		gid, gok = overlayfuse.ToHostID(ids.gids, sys.Gid)
+		if !uok || !gok {
+			return fmt.Errorf("owner %d:%d of the image's root is outside the id mapping: %w", sys.Uid, sys.Gid, errdefs.ErrInvalidArgument)
+		}
+	}
+	if err := os.Lchown(to, int(uid), int(gid)); err != nil {
 		return fmt.Errorf("chown upper: %w", err)
 	}
 	return nil

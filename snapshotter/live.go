@@ -63,9 +63,15 @@ func (l *liveMounts) count() int {
 	return len(l.servers)
 }
 
+// mountParams are what differs between the mounts of one snapshotter.
+type mountParams struct {
+	readOnly       bool
+	uidMap, gidMap []overlayfuse.IDMapping
+}
+
 // mount serves layers at dir for snapshot id. Mounting an id that is
 // already served is a no-op.
-func (l *liveMounts) mount(ctx context.Context, id, dir string, layers overlayfuse.Layers, readOnly bool) error {
+func (l *liveMounts) mount(ctx context.Context, id, dir string, layers overlayfuse.Layers, p mountParams) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -75,7 +81,8 @@ func (l *liveMounts) mount(ctx context.Context, id, dir string, layers overlayfu
 		return nil
 	}
 	opts := l.opts
-	opts.ReadOnly = readOnly
+	opts.ReadOnly = p.readOnly
+	opts.UIDMap, opts.GIDMap = p.uidMap, p.gidMap
 	srv, err := overlayfuse.Mount(dir, layers, opts)
 	if err != nil {
 		return fmt.Errorf("mount overlay of %d layers at %s: %w", len(layers.Lower), dir, err)

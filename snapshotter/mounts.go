@@ -76,7 +76,24 @@ func isUnpack(s storage.Snapshot, info snapshots.Info) bool {
 	if _, ok := info.Labels[unpackLabel]; ok {
 		return true
 	}
-	return strings.HasPrefix(path.Base(info.Name), snapshots.UnpackKeyPrefix+"-")
+	return strings.HasPrefix(path.Base(info.Name), snapshots.UnpackKeyPrefix+"-") || isChownCopy(info)
+}
+
+// isChownCopy reports whether s is the chowned copy of an image that
+// containerd's client makes for a user namespace where the snapshotter
+// lacks remap-ids (client.resolveSnapshotOptions: Prepare
+// "<digest>-remap", a walk that lchowns every name, Commit). The walk maps
+// each name's owner afresh, so the second name of a hard link must still
+// show the image's owner after the first was chowned: it does on kernel
+// overlayfs, which copies up one name and splits the link, and cannot on
+// our FUSE overlay, which keeps a hard link one file (a FUSE SETATTR
+// names an inode, not the name it came through). containerd mounts the
+// overlay answer itself, and the copy lands in our format, as containerd's
+// overlayfs snapshotter leaves it.
+func isChownCopy(info snapshots.Info) bool {
+	base := path.Base(info.Name)
+	return info.Kind == snapshots.KindActive && !hasIDMapping(info) &&
+		strings.HasPrefix(base, "sha256:") && strings.HasSuffix(base, "-remap")
 }
 
 // needsOverlay reports whether s is served by a FUSE overlay. A snapshot
@@ -86,12 +103,20 @@ func needsOverlay(s storage.Snapshot, info snapshots.Info) bool {
 	switch {
 	case len(s.ParentIDs) == 0:
 		return false
-	case s.Kind == snapshots.KindView && len(s.ParentIDs) == 1:
-		return false
 	case isUnpack(s, info):
 		return false
+	case s.Kind == snapshots.KindView && len(s.ParentIDs) == 1:
+		// A layer is never idmapped by the kernel: a view with an id
+		// mapping gets an overlay that can be.
+		return hasIDMapping(info)
 	}
 	return true
+}
+
+func hasIDMapping(info snapshots.Info) bool {
+	_, uok := info.Labels[snapshots.LabelSnapshotUIDMapping]
+	_, gok := info.Labels[snapshots.LabelSnapshotGIDMapping]
+	return uok || gok
 }
 
 // mounts is what containerd mounts for s: one bind mount, or for an
@@ -113,8 +138,19 @@ func (o *Snapshotter) mounts(s storage.Snapshot, info snapshots.Info) []mount.Mo
 			},
 		}}
 	}
+	// With uidmap= and gidmap= containerd idmaps the bind mount once it
+	// is made (core/mount), as it does overlayfs' lower layers for its
+	// own snapshotter; the overlay serves it in the mapping's ids.
+	var options []string
+	if o.idMapped(s, info) {
+		options = append(options,
+			"uidmap="+info.Labels[snapshots.LabelSnapshotUIDMapping],
+			"gidmap="+info.Labels[snapshots.LabelSnapshotGIDMapping])
+	}
 	rw := "rw"
-	if s.Kind == snapshots.KindView {
+	if s.Kind == snapshots.KindView && (len(options) == 0 || len(s.ParentIDs) == 0) {
+		// containerd skips the idmap of a read-only bind mount; a view
+		// with a mapping is read-only in its FUSE mount instead.
 		rw = "ro"
 	}
 	source := o.mergedPath(s.ID)
@@ -127,7 +163,7 @@ func (o *Snapshotter) mounts(s storage.Snapshot, info snapshots.Info) []mount.Mo
 	return []mount.Mount{{
 		Type:    "bind",
 		Source:  source,
-		Options: []string{"rbind", rw},
+		Options: append(options, "rbind", rw),
 	}}
 }
 
@@ -146,10 +182,18 @@ func (o *Snapshotter) mountOverlay(ctx context.Context, s storage.Snapshot, info
 		layers.Upper = o.upperPath(s.ID)
 		layers.Work = o.workPath(s.ID)
 	}
+	ids, err := o.snapshotIDMapping(s, info)
+	if err != nil {
+		return err
+	}
+	if ids.active() && !o.idmap {
+		return fmt.Errorf("snapshot has an id mapping: %w: %w (remove remap-ids from the proxy plugin's capabilities, so that containerd makes a chowned copy instead)",
+			overlayfuse.ErrIDMapUnsupported, errdefs.ErrNotImplemented)
+	}
 	// A root made by an older version may lack the mountpoint.
 	merged := o.mergedPath(s.ID)
 	if err := os.Mkdir(merged, 0o755); err != nil && !os.IsExist(err) {
 		return err
 	}
-	return o.live.mount(ctx, s.ID, merged, layers, readOnly)
+	return o.live.mount(ctx, s.ID, merged, layers, mountParams{readOnly: readOnly, uidMap: ids.uids, gidMap: ids.gids})
 }

@@ -4,6 +4,7 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -30,9 +31,17 @@ func (o *Snapshotter) probe(ctx context.Context) error {
 			return err
 		}
 	}
+	// With an id mapping first: whether snapshots with one can be served.
 	opts := o.live.opts
 	opts.ReadOnly = true
+	opts.UIDMap = []overlayfuse.IDMapping{{ContainerID: 0, HostID: 0, Size: 1}}
+	opts.GIDMap = opts.UIDMap
 	srv, err := overlayfuse.Mount(merged, overlayfuse.Layers{Lower: []string{lower}}, opts)
+	o.idmap = err == nil
+	if errors.Is(err, overlayfuse.ErrIDMapUnsupported) {
+		opts.UIDMap, opts.GIDMap = nil, nil
+		srv, err = overlayfuse.Mount(merged, overlayfuse.Layers{Lower: []string{lower}}, opts)
+	}
 	if err != nil {
 		return fmt.Errorf("cannot mount a FUSE overlay on this host: %w", err)
 	}
@@ -42,7 +51,11 @@ func (o *Snapshotter) probe(ctx context.Context) error {
 	}
 	// Validated in NewSnapshotter; this names the default.
 	consistency, _ := overlayfuse.ParseConsistency(string(opts.Consistency))
-	log.G(ctx).WithField("passthrough", passthrough).
-		WithField("consistency", consistency).Info("FUSE overlay works")
+	l := log.G(ctx).WithField("passthrough", passthrough).
+		WithField("consistency", consistency).WithField("remap-ids", o.idmap)
+	l.Info("FUSE overlay works")
+	if !o.idmap {
+		l.Warn("this kernel cannot idmap FUSE mounts (Linux 6.12 can): snapshots with an id mapping are refused; leave remap-ids out of the proxy plugin's capabilities")
+	}
 	return nil
 }

@@ -43,6 +43,9 @@ type Snapshotter struct {
 	asyncRemove bool
 	live        *liveMounts
 	logWriter   io.Closer
+	// idmap: the kernel idmaps FUSE mounts, so snapshots with an id
+	// mapping can be served (probe).
+	idmap bool
 
 	closeOnce sync.Once
 	closeErr  error

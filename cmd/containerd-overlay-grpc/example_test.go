@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"slices"
 	"testing"
 
 	srvconfig "github.com/containerd/containerd/v2/cmd/containerd/server/config"
@@ -35,6 +36,9 @@ func TestContainerdConfigExample(t *testing.T) {
 	p, ok := c.ProxyPlugins["overlayfuse"]
 	if !ok || p.Type != "snapshot" || p.Address != defaultAddress || p.Exports["root"] != defaultRoot {
 		t.Errorf("proxy_plugins.overlayfuse: %+v", p)
+	}
+	if !slices.Contains(p.Capabilities, "remap-ids") {
+		t.Errorf("proxy_plugins.overlayfuse capabilities %v: no remap-ids", p.Capabilities)
 	}
 
 	var transfer struct {

@@ -58,6 +58,11 @@ func New(opts Options) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
+	// runc, as the root of a user namespace, reaches the rootfs below.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
 	e := &Env{
 		opts: opts, Dir: dir,
 		Root: filepath.Join(dir, "root"), State: filepath.Join(dir, "state"),

@@ -118,6 +118,43 @@ func run(e *harness.Env, sns []string, tarPath string, n int) error {
 				return err
 			})
 		}},
+		// A user namespace: with remap-ids (the example config's) the
+		// container's snapshot is idmapped; the mapping must cost nothing.
+		{"start, user namespace (idmapped)", func(e *harness.Env, sn string) (time.Duration, error) {
+			seq++
+			return timed(func() error {
+				_, err := e.Ctr("run", "--rm", "--snapshotter", sn, "--remap-labels", "--uidmap", idMap, "--gidmap", idMap,
+					image.LargeName, fmt.Sprintf("b%d", seq), "true")
+				return err
+			})
+		}},
+		// What a user namespace costs without remap-ids: the client's
+		// chowned copy of the image (every file copied up). Each run maps
+		// elsewhere, as the client reuses a copy of the same mapping, and
+		// the copy is removed afterwards.
+		{"start, user namespace (chowned copy)", func(e *harness.Env, sn string) (time.Duration, error) {
+			seq++
+			before, err := snapshotKeys(e, sn)
+			if err != nil {
+				return 0, err
+			}
+			m := fmt.Sprintf("0:%d:65536", 1000000+seq*65536)
+			d, err := timed(func() error {
+				_, err := e.Ctr("run", "--rm", "--snapshotter", sn, "--uidmap", m, "--gidmap", m,
+					image.LargeName, fmt.Sprintf("b%d", seq), "true")
+				return err
+			})
+			after, kerr := snapshotKeys(e, sn)
+			if kerr != nil && err == nil {
+				err = kerr
+			}
+			for k := range after {
+				if _, ok := before[k]; !ok && err == nil {
+					_, err = e.Ctr("snapshots", "--snapshotter", sn, "rm", k)
+				}
+			}
+			return d, err
+		}},
 		{"find+cat 20k files in container", func(e *harness.Env, sn string) (time.Duration, error) {
 			seq++
 			return timed(func() error {
@@ -127,11 +164,12 @@ func run(e *harness.Env, sns []string, tarPath string, n int) error {
 			})
 		}},
 	}
+	medians := map[string]map[string]time.Duration{}
 	fmt.Printf("ofbench: %s, %d runs each (median), snapshotters %v\n", tarPath, n, sns)
 	fmt.Printf("%-34s %12s %12s %8s\n", "measure", "overlayfs", "overlayfuse", "ratio")
 	for _, m := range measures {
 		reps := n
-		if strings.HasPrefix(m.name, "start") {
+		if strings.HasPrefix(m.name, "start") && !strings.Contains(m.name, "chowned") {
 			reps = 2 * n
 		}
 		res := map[string][]time.Duration{}
@@ -150,6 +188,10 @@ func run(e *harness.Env, sns []string, tarPath string, n int) error {
 				res[sn] = append(res[sn], d)
 			}
 		}
+		medians[m.name] = map[string]time.Duration{}
+		for sn, d := range res {
+			medians[m.name][sn] = median(d)
+		}
 		base := median(res["overlayfs"])
 		line := fmt.Sprintf("%-34s %10.1fms", m.name, ms(base))
 		if d, ok := res["overlayfuse"]; ok {
@@ -159,7 +201,30 @@ func run(e *harness.Env, sns []string, tarPath string, n int) error {
 		fmt.Println(line)
 	}
 	fmt.Println("target: overlayfuse within 1.5x of overlayfs")
+	for _, sn := range sns {
+		plain, mapped := medians["start (ctr run --rm true)"][sn], medians["start, user namespace (idmapped)"][sn]
+		fmt.Printf("%s: start with a mapping / without: %.2fx; chowned copy / without: %.2fx\n", sn,
+			float64(mapped)/float64(plain), float64(medians["start, user namespace (chowned copy)"][sn])/float64(plain))
+	}
 	return nil
+}
+
+// idMap is the user namespace of the idmapped start.
+const idMap = "0:200000:65536"
+
+// snapshotKeys lists the snapshots of sn.
+func snapshotKeys(e *harness.Env, sn string) (map[string]bool, error) {
+	out, err := e.Ctr("snapshots", "--snapshotter", sn, "ls")
+	if err != nil {
+		return nil, err
+	}
+	keys := map[string]bool{}
+	for i, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); i > 0 && len(f) > 0 {
+			keys[f[0]] = true
+		}
+	}
+	return keys, nil
 }
 
 func median(ds []time.Duration) time.Duration {

@@ -24,12 +24,19 @@ func MountAt(t testing.TB, mounts []mount.Mount) string {
 	return target
 }
 
-// Detach unmounts target if it is still mounted; a mount of a dead FUSE
-// server is detached.
+// Detach unmounts everything mounted at target (an idmapped mount sits on
+// the bind mount it maps); a mount of a dead FUSE server is detached.
 func Detach(t testing.TB, target string) {
 	t.Helper()
-	if err := unix.Unmount(target, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		t.Errorf("unmount %s: %v", target, err)
+	for {
+		err := unix.Unmount(target, unix.MNT_DETACH)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			t.Errorf("unmount %s: %v", target, err)
+		}
+		return
 	}
 }
 
