@@ -142,6 +142,7 @@ func layersHash(l Layers, o Options) uint64 {
 	if o.ReadOnly {
 		h.Write([]byte{1})
 	}
+	fmt.Fprint(h, o.UIDMap, o.GIDMap)
 	return h.Sum64()
 }
 
