@@ -119,7 +119,8 @@ func newEnv(t *testing.T, daemonArgs ...string) *harness.Env {
 	return newEnvWith(t, harness.Options{Flags: daemonArgs})
 }
 
-// newEnvWith is newEnv with options beyond the binaries, config and log level.
+// newEnvWith is newEnv with options beyond the binaries, config and log
+// level; the daemon is the one built for the tests unless opts names one.
 func newEnvWith(t *testing.T, opts harness.Options) *harness.Env {
 	t.Helper()
 	testutil.RequireRoot(t)
@@ -135,7 +136,10 @@ func newEnvWith(t *testing.T, opts harness.Options) *harness.Env {
 		}
 		t.Skip(missingErr)
 	}
-	opts.BinDir, opts.Daemon, opts.ConfigExa, opts.LogLevel = binDir, daemonBin, configExa, "debug"
+	if opts.Daemon == "" {
+		opts.Daemon = daemonBin
+	}
+	opts.BinDir, opts.ConfigExa, opts.LogLevel = binDir, configExa, "debug"
 	e, err := harness.New(opts)
 	if err != nil {
 		t.Fatal(err)

@@ -136,6 +136,24 @@ func (o *Snapshotter) mountOverlay(ctx context.Context, s storage.Snapshot, info
 	if !needsOverlay(s, info) {
 		return nil
 	}
+	layers, readOnly := o.overlayLayers(s)
+	// A root made by an older version may lack the mountpoint.
+	merged := o.mergedPath(s.ID)
+	if err := os.Mkdir(merged, 0o755); err != nil && !os.IsExist(err) {
+		return err
+	}
+	return o.live.mount(ctx, s.ID, merged, layers, readOnly)
+}
+
+// resumeOverlay takes over the kept overlay mount of s, with the layers
+// it was mounted with.
+func (o *Snapshotter) resumeOverlay(ctx context.Context, s storage.Snapshot, hm *heldMount) error {
+	layers, readOnly := o.overlayLayers(s)
+	return o.live.resumeMount(ctx, s.ID, o.mergedPath(s.ID), layers, readOnly, hm.dev, hm.h)
+}
+
+// overlayLayers are the layers of the overlay of s.
+func (o *Snapshotter) overlayLayers(s storage.Snapshot) (overlayfuse.Layers, bool) {
 	layers := overlayfuse.Layers{Lower: make([]string, len(s.ParentIDs))}
 	// ParentIDs lists the nearest parent first, as overlayfuse wants.
 	for i, p := range s.ParentIDs {
@@ -146,10 +164,5 @@ func (o *Snapshotter) mountOverlay(ctx context.Context, s storage.Snapshot, info
 		layers.Upper = o.upperPath(s.ID)
 		layers.Work = o.workPath(s.ID)
 	}
-	// A root made by an older version may lack the mountpoint.
-	merged := o.mergedPath(s.ID)
-	if err := os.Mkdir(merged, 0o755); err != nil && !os.IsExist(err) {
-		return err
-	}
-	return o.live.mount(ctx, s.ID, merged, layers, readOnly)
+	return layers, readOnly
 }
