@@ -158,12 +158,14 @@ func (s *survivor) stop(t *testing.T) {
 	}
 	if f := s.fails(); f != "" || s.err != nil {
 		lines := strings.Split(strings.TrimSpace(f), "\n")
-		exit := "exited 0"
-		if s.err != nil {
-			exit, _, _ = strings.Cut(s.err.Error(), "\n")
-			exit = exit[strings.LastIndex(exit, ":")+1:]
+		exit := "exit status 0"
+		var ee *exec.ExitError
+		if errors.As(s.err, &ee) {
+			exit = ee.String()
+		} else if s.err != nil {
+			exit = s.err.Error()
 		}
-		t.Errorf("%s: %d failed commands (loop %s), first: %q", s.name, len(lines), strings.TrimSpace(exit), lines[:min(len(lines), 3)])
+		t.Errorf("%s: %d failed commands (loop: %s), first: %q", s.name, len(lines), exit, lines[:min(len(lines), 3)])
 		return
 	}
 	first, _, _ := strings.Cut(s.stdout, "\n")
@@ -249,10 +251,12 @@ func survive(t *testing.T, e *harness.Env, restart func() (float64, error)) {
 			t.Errorf("%s: %v", s.name, err)
 			continue
 		}
-		t.Logf("%s: first iteration %v after the new daemon's start", s.name, p)
+		t.Logf("%s: first clean iteration %v after the new daemon's start", s.name, p)
 		worst = max(worst, p)
 	}
-	t.Logf("pause: at most %v from the new daemon's start to an iteration in each of %d containers", worst, len(ss))
+	if !t.Failed() {
+		t.Logf("pause: at most %v from the new daemon's start to a clean iteration in each of %d containers", worst, len(ss))
+	}
 }
 
 // The daemon is killed with SIGKILL while the containers run, then started
