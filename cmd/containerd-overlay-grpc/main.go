@@ -122,21 +122,21 @@ func serve(c config) (err error) {
 	log.G(ctx).WithField("version", versionString()).WithField("root", c.Root).
 		Info("starting containerd-overlay-grpc")
 
-	k, err := keeper.Open(c.Root, holderCommand(c.Root))
-	if err != nil {
-		return err
-	}
-	// After the hand-over below: a holder left holding nothing then exits.
-	defer func() {
-		if cerr := k.Close(); cerr != nil {
-			log.G(ctx).WithError(cerr).Warn("closing keeper")
-		}
-	}()
-
 	opts := []snapshotter.Opt{
 		snapshotter.WithPassthrough(overlayfuse.Passthrough(c.Passthrough)),
 		snapshotter.WithConsistency(overlayfuse.Consistency(c.Consistency)),
-		snapshotter.WithKeeper(k),
+	}
+	// Without a keeper the daemon still works; its mounts end with it.
+	if k, err := keeper.Open(c.Root, holderCommand(c.Root)); err != nil {
+		log.G(ctx).WithError(err).Error("no keeper: the mounts will not outlive this process")
+	} else {
+		opts = append(opts, snapshotter.WithKeeper(k))
+		// After the hand-over below: a holder left holding nothing exits.
+		defer func() {
+			if cerr := k.Close(); cerr != nil {
+				log.G(ctx).WithError(cerr).Warn("closing keeper")
+			}
+		}()
 	}
 	if c.LogLevel == "trace" {
 		opts = append(opts, snapshotter.WithFUSEDebug) // every FUSE request

@@ -123,13 +123,9 @@ func (s *FDStore) notifyMsg(msg string, files ...*os.File) error {
 		return err
 	}
 	defer unix.Close(fd)
-	var oob []byte
-	if len(files) > 0 {
-		fds := make([]int, len(files))
-		for i, f := range files {
-			fds[i] = int(f.Fd())
-		}
-		oob = unix.UnixRights(fds...)
+	oob, err := rights(files)
+	if err != nil {
+		return err
 	}
 	// x/sys/unix reads a leading '@' as the abstract namespace, as systemd means it.
 	return unix.Sendmsg(fd, []byte(msg), oob, &unix.SockaddrUnix{Name: s.notify}, 0)
@@ -228,7 +224,11 @@ func dupHandover(h overlayfuse.Handover) (overlayfuse.Handover, error) {
 }
 
 func dupFile(f *os.File) (*os.File, error) {
-	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	raw, err := rawFD(f)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.FcntlInt(uintptr(raw), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}

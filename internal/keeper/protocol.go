@@ -39,16 +39,43 @@ var oobSize = unix.CmsgSpace(filesPerID * 4)
 
 // send writes one packet with files attached.
 func send(c *net.UnixConn, msg string, files ...*os.File) error {
-	var oob []byte
-	if len(files) > 0 {
-		fds := make([]int, len(files))
-		for i, f := range files {
-			fds[i] = int(f.Fd())
-		}
-		oob = unix.UnixRights(fds...)
+	oob, err := rights(files)
+	if err != nil {
+		return err
 	}
-	_, _, err := c.WriteMsgUnix([]byte(msg), oob, nil)
+	_, _, err = c.WriteMsgUnix([]byte(msg), oob, nil)
 	return err
+}
+
+// rights is the SCM_RIGHTS message passing files. It reads the
+// descriptors without (*os.File).Fd, which would switch the open file,
+// shared with the FUSE server's descriptor, to blocking mode.
+func rights(files []*os.File) ([]byte, error) {
+	if len(files) == 0 {
+		return nil, nil
+	}
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fd, err := rawFD(f)
+		if err != nil {
+			return nil, err
+		}
+		fds[i] = fd
+	}
+	return unix.UnixRights(fds...), nil
+}
+
+// rawFD is f's descriptor, valid while f is open.
+func rawFD(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var fd int
+	if err := rc.Control(func(p uintptr) { fd = int(p) }); err != nil {
+		return 0, err
+	}
+	return fd, nil
 }
 
 // errClosed is the peer's orderly end of the connection.
