@@ -34,6 +34,15 @@ Commands:
         available. Not meant to be run by hand.
 `
 
+// parseStatus is the exit status of a subcommand whose flags did not
+// parse: 0 for -help.
+func parseStatus(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	return 2
+}
+
 // holderCommand starts this binary as the keeper of root.
 func holderCommand(root string) func() *exec.Cmd {
 	return func() *exec.Cmd {
@@ -48,7 +57,7 @@ func runKeeper(args []string, usage io.Writer) int {
 	fs.SetOutput(usage)
 	root := fs.String("root", "", "the daemon's root")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return parseStatus(err)
 	}
 	if *root == "" || fs.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "containerd-overlay-grpc keeper: want --root DIR and nothing else")
@@ -67,7 +76,7 @@ func runUnmountAll(args []string, usage io.Writer) int {
 	root := fs.String("root", "", "the daemon's root (default: the config's, or "+defaultRoot+")")
 	configFile := fs.String("config", "", "the daemon's config file, for its root")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return parseStatus(err)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "containerd-overlay-grpc unmount-all: unexpected argument %q\n", fs.Arg(0))
