@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/overlayfuse/overlayfuse/overlayfuse"
 )
 
@@ -52,13 +54,19 @@ func DialHolder(root string, start func() *exec.Cmd) (*Holder, error) {
 // returns (nil, nil) if none does.
 func DialRunningHolder(root string) (*Holder, error) {
 	h, err := dialHolder(root)
-	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, errPathTooLong) {
 		return nil, nil
 	}
 	return h, err
 }
 
+// errPathTooLong: no holder can listen under this root.
+var errPathTooLong = errors.New("socket path too long")
+
 func dialHolder(root string) (*Holder, error) {
+	if p := SocketPath(root); len(p) >= len(unix.RawSockaddrUnix{}.Path) {
+		return nil, fmt.Errorf("keeper socket %s: %w", p, errPathTooLong)
+	}
 	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: SocketPath(root), Net: "unixpacket"})
 	if err != nil {
 		return nil, err

@@ -74,7 +74,7 @@ func (s *fakeSystemd) expect(msg string, ino uint64) *os.File {
 	return nil
 }
 
-func tempFile(t *testing.T, name string) *os.File {
+func tempFile(t testing.TB, name string) *os.File {
 	f, err := os.Create(filepath.Join(t.TempDir(), name))
 	if err != nil {
 		t.Fatal(err)
