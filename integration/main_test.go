@@ -120,7 +120,8 @@ func newEnv(t *testing.T, daemonArgs ...string) *harness.Env {
 }
 
 // newEnvWith is newEnv with options beyond the binaries and log level; the
-// config is the example's unless opts names another.
+// config is the example's and the daemon the one built for the tests
+// unless opts names others.
 func newEnvWith(t *testing.T, opts harness.Options) *harness.Env {
 	t.Helper()
 	testutil.RequireRoot(t)
@@ -136,10 +137,13 @@ func newEnvWith(t *testing.T, opts harness.Options) *harness.Env {
 		}
 		t.Skip(missingErr)
 	}
-	opts.BinDir, opts.Daemon, opts.LogLevel = binDir, daemonBin, "debug"
+	if opts.Daemon == "" {
+		opts.Daemon = daemonBin
+	}
 	if opts.ConfigExa == "" {
 		opts.ConfigExa = configExa
 	}
+	opts.BinDir, opts.LogLevel = binDir, "debug"
 	e, err := harness.New(opts)
 	if err != nil {
 		t.Fatal(err)

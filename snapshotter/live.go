@@ -32,19 +32,25 @@ type liveMounts struct {
 
 	opts    overlayfuse.Options
 	timeout time.Duration
+	keeper  Keeper // nil: mounts end with this process
+	resume  func(string, overlayfuse.Layers, overlayfuse.Options, overlayfuse.Handover) (*overlayfuse.Server, error)
 }
 
 type liveMount struct {
-	srv  *overlayfuse.Server
-	dir  string
-	conn uint32 // fusectl connection number: the minor of the mount's st_dev
+	srv *overlayfuse.Server
+	dir string
+	dev uint64 // the mount's st_dev; its minor is the fusectl connection number
+	// kept is the mount's key in the keeper; empty if not kept.
+	kept string
 }
 
-func newLiveMounts(opts overlayfuse.Options, timeout time.Duration) *liveMounts {
+func newLiveMounts(opts overlayfuse.Options, timeout time.Duration, k Keeper) *liveMounts {
 	return &liveMounts{
 		servers: make(map[string]*liveMount),
 		opts:    opts,
 		timeout: timeout,
+		keeper:  k,
+		resume:  overlayfuse.Resume,
 	}
 }
 
@@ -90,11 +96,66 @@ func (l *liveMounts) mount(ctx context.Context, id, dir string, layers overlayfu
 	m := &liveMount{srv: srv, dir: dir}
 	var st unix.Stat_t
 	if err := unix.Stat(dir, &st); err == nil {
-		m.conn = unix.Minor(st.Dev)
+		m.dev = st.Dev
 	}
+	l.keep(ctx, id, m)
 	l.servers[id] = m
 	log.G(ctx).WithField("id", id).WithField("layers", len(layers.Lower)).Debug("overlay mounted")
 	return nil
+}
+
+// resumeMount takes over the kept mount of snapshot id at dir, whose
+// device number is dev, from h.
+func (l *liveMounts) resumeMount(ctx context.Context, id, dir string, layers overlayfuse.Layers, p mountParams, dev uint64, h overlayfuse.Handover) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.servers[id]; ok {
+		return fmt.Errorf("snapshot %s is served already", id)
+	}
+	opts := l.opts
+	opts.ReadOnly = p.readOnly
+	opts.UIDMap, opts.GIDMap = p.uidMap, p.gidMap
+	srv, err := l.resume(dir, layers, opts, h)
+	if err != nil {
+		return fmt.Errorf("resume overlay at %s: %w", dir, err)
+	}
+	m := &liveMount{srv: srv, dir: dir, dev: dev}
+	// The new server's hand-over replaces the one held.
+	l.keep(ctx, id, m)
+	l.servers[id] = m
+	log.G(ctx).WithField("id", id).Debug("overlay resumed")
+	return nil
+}
+
+// keep hands m's connection to the keeper. A mount that cannot be kept
+// still works; it ends with this process, as without a keeper.
+func (l *liveMounts) keep(ctx context.Context, id string, m *liveMount) {
+	if l.keeper == nil {
+		return
+	}
+	lg := log.G(ctx).WithField("id", id).WithField("mountpoint", m.dir)
+	h, err := m.srv.Handover()
+	if err != nil {
+		lg.WithError(err).Warn("overlay mount not kept: it ends with this process")
+		return
+	}
+	defer h.Close()
+	key := keeperKey(id, m.dev)
+	if err := l.keeper.Keep(key, h); err != nil {
+		lg.WithError(err).Warn("overlay mount not kept: it ends with this process")
+		return
+	}
+	m.kept = key
+}
+
+// drop tells the keeper that m ended.
+func (l *liveMounts) drop(ctx context.Context, m *liveMount) {
+	if m.kept == "" {
+		return
+	}
+	if err := l.keeper.Drop(m.kept); err != nil {
+		log.G(ctx).WithError(err).WithField("mountpoint", m.dir).Warn("cannot drop ended mount from keeper; the next start drops it")
+	}
 }
 
 // unmount ends the mount of snapshot id, if this process serves one. On
@@ -109,6 +170,7 @@ func (l *liveMounts) unmount(ctx context.Context, id string) error {
 	if err := l.end(ctx, m); err != nil {
 		return err
 	}
+	l.drop(ctx, m)
 	delete(l.servers, id)
 	return nil
 }
@@ -116,6 +178,35 @@ func (l *liveMounts) unmount(ctx context.Context, id string) error {
 // unmountAll ends every mount, in parallel since each may have to wait for
 // the timeout, and refuses new mounts from then on.
 func (l *liveMounts) unmountAll(ctx context.Context) error {
+	return l.closeAll(func(m *liveMount) error {
+		if err := l.end(ctx, m); err != nil {
+			return err
+		}
+		l.drop(ctx, m)
+		return nil
+	})
+}
+
+// handOver stops serving every kept mount, leaving it to the next process
+// (which resumes it from the keeper), ends the others, and refuses new
+// mounts from then on.
+func (l *liveMounts) handOver(ctx context.Context) error {
+	return l.closeAll(func(m *liveMount) error {
+		if m.kept == "" {
+			return l.end(ctx, m)
+		}
+		// Not stopped, it still goes on when this process ends: the next
+		// process takes it over as after a crash.
+		if err := m.srv.Stop(); err != nil {
+			log.G(ctx).WithError(err).WithField("mountpoint", m.dir).Warn("cannot stop overlay for hand-over; the next process takes it over as after a crash")
+		}
+		return nil
+	})
+}
+
+// closeAll runs fn on every mount in parallel (each may have to wait),
+// forgets them, and refuses new mounts from then on.
+func (l *liveMounts) closeAll(fn func(*liveMount) error) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.closed = true
@@ -128,7 +219,7 @@ func (l *liveMounts) unmountAll(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := l.end(ctx, m); err != nil {
+			if err := fn(m); err != nil {
 				emu.Lock()
 				errs = append(errs, fmt.Errorf("snapshot %s: %w", id, err))
 				emu.Unlock()
@@ -154,7 +245,7 @@ func (l *liveMounts) end(ctx context.Context, m *liveMount) error {
 	case <-time.After(l.timeout):
 	}
 	log.G(ctx).WithField("mountpoint", m.dir).Warnf("overlay still in use after %v, aborting its FUSE connection", l.timeout)
-	if err := abortConnection(m.conn); err != nil {
+	if err := abortConnection(unix.Minor(m.dev)); err != nil {
 		log.G(ctx).WithError(err).WithField("mountpoint", m.dir).Error("cannot abort FUSE connection")
 	}
 	select {

@@ -172,6 +172,30 @@ func (o *Snapshotter) mountOverlay(ctx context.Context, s storage.Snapshot, info
 	if !needsOverlay(s, info) {
 		return nil
 	}
+	layers, p, err := o.overlayLayers(s, info)
+	if err != nil {
+		return err
+	}
+	// A root made by an older version may lack the mountpoint.
+	merged := o.mergedPath(s.ID)
+	if err := os.Mkdir(merged, 0o755); err != nil && !os.IsExist(err) {
+		return err
+	}
+	return o.live.mount(ctx, s.ID, merged, layers, p)
+}
+
+// resumeOverlay takes over the kept overlay mount of s, with the layers
+// and mapping it was mounted with.
+func (o *Snapshotter) resumeOverlay(ctx context.Context, s storage.Snapshot, info snapshots.Info, hm *heldMount) error {
+	layers, p, err := o.overlayLayers(s, info)
+	if err != nil {
+		return err
+	}
+	return o.live.resumeMount(ctx, s.ID, o.mergedPath(s.ID), layers, p, hm.dev, hm.h)
+}
+
+// overlayLayers are the layers and mount parameters of the overlay of s.
+func (o *Snapshotter) overlayLayers(s storage.Snapshot, info snapshots.Info) (overlayfuse.Layers, mountParams, error) {
 	layers := overlayfuse.Layers{Lower: make([]string, len(s.ParentIDs))}
 	// ParentIDs lists the nearest parent first, as overlayfuse wants.
 	for i, p := range s.ParentIDs {
@@ -184,16 +208,11 @@ func (o *Snapshotter) mountOverlay(ctx context.Context, s storage.Snapshot, info
 	}
 	ids, err := o.snapshotIDMapping(s, info)
 	if err != nil {
-		return err
+		return layers, mountParams{}, err
 	}
 	if ids.active() && !o.idmap {
-		return fmt.Errorf("snapshot has an id mapping: %w: %w (remove remap-ids from the proxy plugin's capabilities, so that containerd makes a chowned copy instead)",
+		return layers, mountParams{}, fmt.Errorf("snapshot has an id mapping: %w: %w (remove remap-ids from the proxy plugin's capabilities, so that containerd makes a chowned copy instead)",
 			overlayfuse.ErrIDMapUnsupported, errdefs.ErrNotImplemented)
 	}
-	// A root made by an older version may lack the mountpoint.
-	merged := o.mergedPath(s.ID)
-	if err := os.Mkdir(merged, 0o755); err != nil && !os.IsExist(err) {
-		return err
-	}
-	return o.live.mount(ctx, s.ID, merged, layers, mountParams{readOnly: readOnly, uidMap: ids.uids, gidMap: ids.gids})
+	return layers, mountParams{readOnly: readOnly, uidMap: ids.uids, gidMap: ids.gids}, nil
 }

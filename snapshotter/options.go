@@ -15,6 +15,9 @@ type config struct {
 	unmountTimeout time.Duration
 	fuseDebug      bool
 	metrics        overlayfuse.Metrics
+	keeper         Keeper
+	// resume takes over a kept mount; tests replace overlayfuse.Resume.
+	resume func(string, overlayfuse.Layers, overlayfuse.Options, overlayfuse.Handover) (*overlayfuse.Server, error)
 }
 
 // Opt configures the snapshotter.
@@ -69,6 +72,18 @@ func WithFUSEDebug(c *config) error {
 func WithMetrics(m overlayfuse.Metrics) Opt {
 	return func(c *config) error {
 		c.metrics = m
+		return nil
+	}
+}
+
+// WithKeeper hands the connection of every overlay mount to k, so that the
+// mount outlives this process: the next snapshotter on the same root takes
+// it over instead of mounting again, and its users notice nothing. Close
+// ends the mounts (and drops them from k); HandOver leaves them to the next
+// process.
+func WithKeeper(k Keeper) Opt {
+	return func(c *config) error {
+		c.keeper = k
 		return nil
 	}
 }

@@ -23,7 +23,7 @@ func (o *Snapshotter) crash(t *testing.T) {
 	o.live.mu.Lock()
 	defer o.live.mu.Unlock()
 	for id, m := range o.live.servers {
-		if err := abortConnection(m.conn); err != nil {
+		if err := abortConnection(unix.Minor(m.dev)); err != nil {
 			t.Fatalf("abort connection of %s: %v", id, err)
 		}
 		m.srv.Wait()
@@ -115,7 +115,7 @@ func TestRefuseLiveMountsUnderRoot(t *testing.T) {
 	}
 	// The metadata is locked by s, so check the mount scan directly.
 	other := &Snapshotter{root: root}
-	if err := other.detachStaleMounts(ctx); err == nil {
+	if err := other.detachStaleMounts(ctx, heldMounts{}); err == nil {
 		t.Fatal("a live overlay under the root was not refused")
 	}
 }

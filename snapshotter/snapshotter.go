@@ -113,13 +113,24 @@ func NewSnapshotter(root string, opts ...Opt) (*Snapshotter, error) {
 		ms:          ms,
 		asyncRemove: c.asyncRemove,
 		logWriter:   w,
-		live:        newLiveMounts(mountOpts, c.unmountTimeout),
+		live:        newLiveMounts(mountOpts, c.unmountTimeout, c.keeper),
 	}
-	// An earlier process that ended without unmounting left dead mounts
-	// (ENOTCONN): detach them, check that FUSE works, and serve again
-	// every snapshot that was served.
+	if c.resume != nil {
+		s.live.resume = c.resume
+	}
+	// An earlier process that ended without unmounting left its mounts:
+	// those it handed to the keeper are taken over, the others are dead
+	// (ENOTCONN). Detach the dead ones, check that FUSE works, and serve
+	// again every snapshot that was served.
 	ctx := context.Background()
-	for _, step := range []func(context.Context) error{s.detachStaleMounts, s.probe, s.remountActive} {
+	held := s.heldMounts(ctx)
+	// Held mounts not taken over on a failed start stay held for the next.
+	defer held.close()
+	for _, step := range []func(context.Context) error{
+		func(ctx context.Context) error { return s.detachStaleMounts(ctx, held) },
+		s.probe,
+		func(ctx context.Context) error { return s.remountActive(ctx, held) },
+	} {
 		if err := step(ctx); err != nil {
 			_ = s.Close()
 			return nil, err
@@ -184,8 +195,9 @@ func (o *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters .
 	})
 }
 
-// Close ends every mount of this snapshotter and closes the metadata.
-// Calling it again does nothing.
+// Close ends every mount of this snapshotter (and drops it from the
+// keeper) and closes the metadata. Calling it again, or after HandOver,
+// does nothing.
 func (o *Snapshotter) Close() error {
 	o.closeOnce.Do(func() {
 		ctx := context.Background()
@@ -195,6 +207,26 @@ func (o *Snapshotter) Close() error {
 			log.G(ctx).WithError(err).Error("ending overlay mounts")
 		} else if n > 0 {
 			log.G(ctx).WithField("count", n).Info("ended overlay mounts")
+		}
+		o.closeErr = errors.Join(err, o.ms.Close(), o.logWriter.Close())
+	})
+	return o.closeErr
+}
+
+// HandOver closes the snapshotter for the next process on its root: it
+// stops serving every mount the keeper holds, which stays mounted (its
+// requests wait in the kernel until the next process takes it over), ends
+// the others, and closes the metadata. Calling it again, or after Close,
+// does nothing.
+func (o *Snapshotter) HandOver() error {
+	o.closeOnce.Do(func() {
+		ctx := context.Background()
+		n := o.live.count()
+		err := o.live.handOver(ctx)
+		if err != nil {
+			log.G(ctx).WithError(err).Error("handing over overlay mounts")
+		} else if n > 0 {
+			log.G(ctx).WithField("count", n).Info("handed over overlay mounts")
 		}
 		o.closeErr = errors.Join(err, o.ms.Close(), o.logWriter.Close())
 	})

@@ -72,9 +72,14 @@ func parseArgs(args []string, usage io.Writer) (options, error) {
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(usage, "Usage: containerd-overlay-grpc [flags]\n\nServes the overlayfuse snapshotter to containerd over gRPC.\n\n")
+			fmt.Fprintf(usage, "Usage: containerd-overlay-grpc [flags]\n       containerd-overlay-grpc unmount-all [--root DIR | --config FILE]\n\n"+
+				"Serves the overlayfuse snapshotter to containerd over gRPC. The containers'\n"+
+				"mounts outlive the daemon: SIGTERM hands them over to the next daemon on the\n"+
+				"same root (the same or a new version), and so does a crash; unmount-all ends\n"+
+				"them once the daemon is stopped.\n\nFlags:\n")
 			fs.SetOutput(usage)
 			fs.PrintDefaults()
+			fmt.Fprint(usage, subcommandUsage)
 			return o, errHelp
 		}
 		return o, err

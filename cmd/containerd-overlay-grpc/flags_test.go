@@ -47,7 +47,7 @@ func TestVersionAndHelp(t *testing.T) {
 		t.Errorf("--version: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 	stdout, _, code = runDaemon(t, "--help")
-	if code != 0 || !strings.Contains(stdout, "-passthrough") {
+	if code != 0 || !strings.Contains(stdout, "-passthrough") || !strings.Contains(stdout, "unmount-all") {
 		t.Errorf("--help: exit %d, stdout %q", code, stdout)
 	}
 }

@@ -170,8 +170,8 @@ func cleanupDaemon(t testing.TB, d *daemon) {
 	t.Cleanup(func() { endDaemon(t, d) })
 }
 
-// endDaemon stops d unless it has ended, and checks that nothing stays
-// mounted under its root.
+// endDaemon stops d unless it has ended, ends the mounts it leaves to the
+// next daemon, and checks that nothing stays mounted under its root.
 func endDaemon(t testing.TB, d *daemon) {
 	select {
 	case <-d.done:
@@ -179,6 +179,9 @@ func endDaemon(t testing.TB, d *daemon) {
 		if err := d.stop(syscall.SIGTERM); err != nil {
 			t.Error(err)
 		}
+	}
+	if out, err := exec.Command(daemonBin, "unmount-all", "--root", d.root).CombinedOutput(); err != nil {
+		t.Errorf("unmount-all: %v\n%s", err, out)
 	}
 	mounttest.AssertNoMounts(t, d.root)
 }

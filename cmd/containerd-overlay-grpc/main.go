@@ -5,10 +5,14 @@
 //	  type = "snapshot"
 //	  address = "/run/containerd-overlay-grpc/containerd-overlay-grpc.sock"
 //
-// Every active snapshot is an overlayfuse mount served by this process;
-// they all end when it stops (SIGTERM, SIGINT) or dies, taking running
-// containers' root filesystems with them (ENOTCONN), and are mounted again
-// when it starts.
+// Every active snapshot is an overlayfuse mount served by this process.
+// Each mount's FUSE connection is also held by a keeper outside it
+// (systemd's fd store, or a `containerd-overlay-grpc keeper` process), so
+// the mounts outlive it: on SIGTERM or SIGINT it stops serving them and
+// exits, after a crash they are simply not served, and in both cases the
+// next daemon on the same root takes them over (docs/restart.md); their
+// users wait meanwhile. `containerd-overlay-grpc unmount-all` ends them for
+// good once the daemon is stopped.
 package main
 
 import (
@@ -26,6 +30,7 @@ import (
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
 
+	"github.com/overlayfuse/overlayfuse/internal/keeper"
 	"github.com/overlayfuse/overlayfuse/internal/metrics"
 	"github.com/overlayfuse/overlayfuse/internal/procsetup"
 	"github.com/overlayfuse/overlayfuse/overlayfuse"
@@ -43,6 +48,14 @@ func main() {
 }
 
 func run(args []string) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case cmdKeeper:
+			return runKeeper(args[1:], os.Stderr)
+		case cmdUnmountAll:
+			return runUnmountAll(args[1:], os.Stderr)
+		}
+	}
 	o, err := parseArgs(args, os.Stdout)
 	switch {
 	case errors.Is(err, errHelp):
@@ -71,7 +84,8 @@ func versionString() string {
 	return "unknown"
 }
 
-// serve runs until SIGTERM or SIGINT, then ends every mount.
+// serve runs until SIGTERM or SIGINT, then hands every mount over to the
+// next daemon.
 func serve(c config) (err error) {
 	if err := log.SetLevel(c.LogLevel); err != nil {
 		return err
@@ -80,7 +94,7 @@ func serve(c config) (err error) {
 	procsetup.Setup()
 
 	// Early, so that a signal during the restart's remounting still ends
-	// with every mount undone.
+	// with every mount handed over.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
@@ -112,24 +126,41 @@ func serve(c config) (err error) {
 		snapshotter.WithPassthrough(overlayfuse.Passthrough(c.Passthrough)),
 		snapshotter.WithConsistency(overlayfuse.Consistency(c.Consistency)),
 	}
+	// Without a keeper the daemon still works; its mounts end with it.
+	if k, err := keeper.Open(c.Root, holderCommand(c.Root)); err != nil {
+		log.G(ctx).WithError(err).Error("no keeper: the mounts will not outlive this process")
+	} else {
+		opts = append(opts, snapshotter.WithKeeper(k))
+		// After the hand-over below: a holder left holding nothing exits.
+		defer func() {
+			if cerr := k.Close(); cerr != nil {
+				log.G(ctx).WithError(cerr).Warn("closing keeper")
+			}
+		}()
+	}
 	if c.LogLevel == "trace" {
 		opts = append(opts, snapshotter.WithFUSEDebug) // every FUSE request
 	}
 	var m *metrics.Metrics
-	var grpcOpts []grpc.ServerOption
+	// A panic in one request fails that request, not every container.
+	unary := []grpc.UnaryServerInterceptor{recoverUnary}
+	stream := []grpc.StreamServerInterceptor{recoverStream}
 	if ms != nil {
 		m = metrics.New()
 		opts = append(opts, snapshotter.WithMetrics(m))
-		grpcOpts = append(grpcOpts, grpc.UnaryInterceptor(m.UnaryServerInterceptor()),
-			grpc.StreamInterceptor(m.StreamServerInterceptor()))
+		unary = append(unary, m.UnaryServerInterceptor())
+		stream = append(stream, m.StreamServerInterceptor())
 	}
+	grpcOpts := []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...)}
 	sn, err := snapshotter.NewSnapshotter(c.Root, opts...)
 	if err != nil {
 		return err
 	}
+	// However we leave, the mounts stay for the next daemon: only
+	// unmount-all ends them.
 	defer func() {
-		if cerr := sn.Close(); cerr != nil {
-			log.G(ctx).WithError(cerr).Error("closing snapshotter")
+		if cerr := sn.HandOver(); cerr != nil {
+			log.G(ctx).WithError(cerr).Error("handing over mounts")
 			err = errors.Join(err, cerr)
 		}
 	}()
@@ -155,7 +186,7 @@ func serve(c config) (err error) {
 
 	select {
 	case sig := <-sigs:
-		log.G(ctx).Infof("received %v, shutting down", sig)
+		log.G(ctx).Infof("received %v, handing the mounts over to the next daemon", sig)
 	case err = <-served:
 		log.G(ctx).WithError(err).Error("gRPC server stopped")
 	}

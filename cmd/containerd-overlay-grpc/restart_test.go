@@ -97,9 +97,10 @@ func TestRestartAfterKill(t *testing.T) {
 	}
 }
 
-// TestShutdownEndsMounts stops the daemon with active snapshots: every
-// FUSE mount must be gone when it exits.
-func TestShutdownEndsMounts(t *testing.T) {
+// TestShutdownThenUnmountAll stops the daemon with active snapshots, which
+// leaves them to the next daemon; unmount-all, refused while the daemon
+// runs, then ends every mount and leaves no keeper process.
+func TestShutdownThenUnmountAll(t *testing.T) {
 	testutil.RequireFUSE(t)
 	ctx := context.Background()
 	dir := shortTempDir(t)
@@ -131,8 +132,19 @@ func TestShutdownEndsMounts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if _, stderr, code := runDaemon(t, "unmount-all", "--root", root); code != 1 || !strings.Contains(stderr, "in use") {
+		t.Errorf("unmount-all with the daemon running: exit %d, %q", code, stderr)
+	}
 	if err := d.stop(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	stdout, stderr, code := runDaemon(t, "unmount-all", "--root", root)
+	if code != 0 {
+		t.Fatalf("unmount-all: exit %d, %q", code, stderr)
+	}
+	t.Logf("unmount-all: %s", stdout)
 	mounttest.AssertNoMounts(t, root)
+	if _, err := os.Stat(filepath.Join(root, "keeper.sock")); !os.IsNotExist(err) {
+		t.Errorf("keeper still listening after unmount-all: %v", err)
+	}
 }

@@ -71,6 +71,7 @@ func (e *Env) Close() error {
 	errs = append(errs, e.StopContainerd())
 	errs = append(errs, e.killShims())
 	errs = append(errs, e.StopDaemon(syscall.SIGTERM))
+	errs = append(errs, e.endKeptMounts())
 	errs = append(errs, e.unmountAll())
 	// runc keeps its state under the host's /run/containerd/runc/<namespace>.
 	_ = os.RemoveAll(filepath.Join("/run/containerd/runc", e.Namespace))
@@ -176,6 +177,16 @@ func PidsWithArg(s string) ([]int, error) {
 	return pids, nil
 }
 
+// endKeptMounts ends the mounts a stopped daemon leaves to the next one,
+// as an operator ends them for good; its keeper process exits with them.
+func (e *Env) endKeptMounts() error {
+	if e.opts.Daemon == "" {
+		return nil
+	}
+	_, err := e.Run(time.Minute, e.opts.Daemon, "unmount-all", "--root", e.DaemonRoot)
+	return err
+}
+
 // unmountAll detaches every mount under e.Dir, deepest first.
 func (e *Env) unmountAll() error {
 	ms, err := e.Mounts()
@@ -238,6 +249,12 @@ func CleanStale() error {
 		e := &Env{Dir: dir, Address: filepath.Join(dir, "containerd.sock"),
 			Namespace: "ofi-" + strings.TrimPrefix(filepath.Base(dir), "ofi-"), closed: true}
 		_ = e.killShims()
+		// The daemon's keeper (its --root is in dir) holds its mounts.
+		if pids, _ := PidsWithArg(filepath.Join(dir, "of")); len(pids) > 0 {
+			for _, pid := range pids {
+				_ = unix.Kill(pid, unix.SIGKILL)
+			}
+		}
 		_ = e.unmountAll()
 		_ = os.RemoveAll(filepath.Join("/run/containerd/runc", e.Namespace))
 		RemoveCgroups(e.Namespace)

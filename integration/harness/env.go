@@ -115,7 +115,17 @@ func (e *Env) StartDaemon() error {
 	}, "daemon socket "+e.DaemonAddress)
 }
 
-// StopDaemon stops the daemon with sig (SIGTERM: clean stop; SIGKILL: crash).
+// SetDaemon makes the next StartDaemon run bin (an upgrade).
+func (e *Env) SetDaemon(bin string) { e.opts.Daemon = bin }
+
+// DaemonLog returns the daemon's log so far (every run of it).
+func (e *Env) DaemonLog() (string, error) {
+	b, err := os.ReadFile(filepath.Join(e.Dir, "daemon.log"))
+	return string(b), err
+}
+
+// StopDaemon stops the daemon with sig (SIGTERM: hand-over to the next
+// daemon; SIGKILL: crash). Either leaves the mounts to the next daemon.
 func (e *Env) StopDaemon(sig syscall.Signal) error {
 	err := stop(e.daemon, sig)
 	e.daemon = nil
