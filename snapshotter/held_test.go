@@ -11,7 +11,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
@@ -201,16 +200,4 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-func snapshotID(ctx context.Context, t *testing.T, s *Snapshotter, key string) string {
-	t.Helper()
-	var id string
-	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
-		id, _, _, err = storage.GetInfo(ctx, key)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return id
 }
