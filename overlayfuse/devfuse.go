@@ -3,6 +3,7 @@ package overlayfuse
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -160,4 +161,19 @@ func serveOptions(o *fs.Options) *fuse.MountOptions {
 	mo := o.MountOptions
 	mo.DirectMount, mo.DirectMountStrict = false, false
 	return &mo
+}
+
+// pollHack makes the kernel learn that the mount answers no POLL, as
+// go-fuse does for the mounts it makes itself: otherwise a poll of a file
+// of the mount from this process (the Go runtime's netpoller adds every
+// file it opens) can wait for a request no free thread serves. go-fuse
+// answers the lookup of this name on the root itself.
+func pollHack(mountpoint string) error {
+	fd, err := unix.Open(filepath.Join(mountpoint, ".go-fuse-epoll-hack"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI | unix.POLLOUT}}, 0) // only the POLL request matters
+	return nil
 }

@@ -69,6 +69,10 @@ func Mount(mountpoint string, layers Layers, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	s.start(srv)
+	if err := pollHack(mountpoint); err != nil {
+		_ = s.Unmount() // best effort: err is what the caller needs
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
 	if err := s.ofs.afterMount(); err != nil {
 		_ = s.Unmount() // best effort: err is what the caller needs
 		return nil, err
