@@ -35,9 +35,11 @@ type liveMounts struct {
 }
 
 type liveMount struct {
-	srv  *overlayfuse.Server
-	dir  string
-	conn uint32 // fusectl connection number: the minor of the mount's st_dev
+	srv      *overlayfuse.Server
+	dir      string
+	conn     uint32 // fusectl connection number: the minor of the mount's st_dev
+	layers   overlayfuse.Layers
+	readOnly bool
 }
 
 func newLiveMounts(opts overlayfuse.Options, timeout time.Duration) *liveMounts {
@@ -63,6 +65,18 @@ func (l *liveMounts) count() int {
 	return len(l.servers)
 }
 
+// at returns the id and layers of the mount served at dir.
+func (l *liveMounts) at(dir string) (id string, layers overlayfuse.Layers, readOnly, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for id, m := range l.servers {
+		if m.dir == dir {
+			return id, m.layers, m.readOnly, true
+		}
+	}
+	return "", overlayfuse.Layers{}, false, false
+}
+
 // mount serves layers at dir for snapshot id. Mounting an id that is
 // already served is a no-op.
 func (l *liveMounts) mount(ctx context.Context, id, dir string, layers overlayfuse.Layers, readOnly bool) error {
@@ -80,7 +94,7 @@ func (l *liveMounts) mount(ctx context.Context, id, dir string, layers overlayfu
 	if err != nil {
 		return fmt.Errorf("mount overlay of %d layers at %s: %w", len(layers.Lower), dir, err)
 	}
-	m := &liveMount{srv: srv, dir: dir}
+	m := &liveMount{srv: srv, dir: dir, layers: layers, readOnly: readOnly}
 	var st unix.Stat_t
 	if err := unix.Stat(dir, &st); err == nil {
 		m.conn = unix.Minor(st.Dev)
