@@ -1,8 +1,12 @@
 // Command containerd-overlay-grpc serves the overlayfuse snapshotter to
-// containerd as a proxy snapshotter plugin, over gRPC on a unix socket:
+// containerd as a proxy snapshotter plugin, and the differ of its
+// snapshots as a proxy diff plugin, over gRPC on one unix socket:
 //
 //	[proxy_plugins.overlayfuse]
 //	  type = "snapshot"
+//	  address = "/run/containerd-overlay-grpc/containerd-overlay-grpc.sock"
+//	[proxy_plugins.overlayfuse-diff]
+//	  type = "diff"
 //	  address = "/run/containerd-overlay-grpc/containerd-overlay-grpc.sock"
 //
 // Every active snapshot is an overlayfuse mount served by this process;
@@ -116,13 +120,15 @@ func serve(c config) (err error) {
 		opts = append(opts, snapshotter.WithFUSEDebug) // every FUSE request
 	}
 	var m *metrics.Metrics
+	unary := []grpc.UnaryServerInterceptor{namespaceInterceptor}
 	var grpcOpts []grpc.ServerOption
 	if ms != nil {
 		m = metrics.New()
 		opts = append(opts, snapshotter.WithMetrics(m))
-		grpcOpts = append(grpcOpts, grpc.UnaryInterceptor(m.UnaryServerInterceptor()),
-			grpc.StreamInterceptor(m.StreamServerInterceptor()))
+		unary = append([]grpc.UnaryServerInterceptor{m.UnaryServerInterceptor()}, unary...)
+		grpcOpts = append(grpcOpts, grpc.StreamInterceptor(m.StreamServerInterceptor()))
 	}
+	grpcOpts = append(grpcOpts, grpc.ChainUnaryInterceptor(unary...))
 	sn, err := snapshotter.NewSnapshotter(c.Root, opts...)
 	if err != nil {
 		return err
@@ -140,6 +146,11 @@ func serve(c config) (err error) {
 	}
 	srv := grpc.NewServer(grpcOpts...)
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+	containerd, err := registerDiff(srv, sn, c.ContainerdAddress)
+	if err != nil {
+		return err
+	}
+	defer containerd.Close()
 	if ms != nil {
 		m.AddSnapshotter(sn)
 		ms.serve(ctx, m)

@@ -96,7 +96,8 @@ func (e *Env) StartDaemon() error {
 		return errors.New("daemon already running")
 	}
 	p, err := e.spawn("daemon.log", e.opts.Daemon, append([]string{
-		"--address", e.DaemonAddress, "--root", e.DaemonRoot, "--log-level", e.opts.LogLevel}, e.opts.Flags...)...)
+		"--address", e.DaemonAddress, "--root", e.DaemonRoot, "--log-level", e.opts.LogLevel,
+		"--containerd-address", e.Address}, e.opts.Flags...)...)
 	if err != nil {
 		return err
 	}
@@ -269,4 +270,10 @@ func (e *Env) Logs(n int) string {
 		fmt.Fprintf(&b, "==== %s (last %d lines)\n%s\n", name, len(lines), strings.Join(lines, "\n"))
 	}
 	return b.String()
+}
+
+// DaemonLog returns the daemon's log so far.
+func (e *Env) DaemonLog() (string, error) {
+	b, err := os.ReadFile(filepath.Join(e.Dir, "daemon.log"))
+	return string(b), err
 }
