@@ -66,7 +66,7 @@ func (e *Env) Close() error {
 		return nil
 	}
 	e.closed = true
-	var errs []error
+	errs := []error{e.stopBuildkitd()}
 	if e.containerd != nil {
 		errs = append(errs, e.removeContainers())
 	}
