@@ -278,6 +278,9 @@ func TestBuildGo(t *testing.T) {
 	}
 	const tag = "docker.io/overlayfuse/hello:latest"
 	out := nerdctlBuild(t, e, snapshotter, host, dir, tag)
+	if len(uncachedSteps(out)) < 2 {
+		t.Errorf("first build: COPY and RUN did not run:\n%s", out)
+	}
 	if !strings.Contains(out, "ok  \texample.com/hello") {
 		t.Errorf("go test did not pass in the build:\n%s", out)
 	}
