@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -28,7 +29,12 @@ func main() {
 	tarPath := flag.String("image", "integration/.cache/images/large.tar", "large image tar")
 	n := flag.Int("n", 5, "repetitions of each measure (starts: 2n)")
 	builds := flag.Bool("builds", true, "also time nerdctl commit and nerdctl build (BuildKit)")
+	only := flag.String("only", "", "regexp: run only the measures whose name matches")
 	flag.Parse()
+	match, err := regexp.Compile(*only)
+	if err != nil {
+		fail(fmt.Errorf("-only: %w", err))
+	}
 
 	sns := []string{"overlayfs"}
 	if *daemon != "" {
@@ -39,7 +45,7 @@ func main() {
 		fail(err)
 	}
 	e.CloseOnSignal()
-	err = run(e, sns, *tarPath, *n, *builds)
+	err = run(e, sns, *tarPath, *n, *builds, match)
 	if cerr := e.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
@@ -58,7 +64,7 @@ type measure struct {
 	run  func(e *harness.Env, sn string) (time.Duration, error)
 }
 
-func run(e *harness.Env, sns []string, tarPath string, n int, builds bool) error {
+func run(e *harness.Env, sns []string, tarPath string, n int, builds bool, match *regexp.Regexp) error {
 	if err := e.Start(); err != nil {
 		return fmt.Errorf("%w\n%s", err, e.Logs(40))
 	}
@@ -150,9 +156,13 @@ func run(e *harness.Env, sns []string, tarPath string, n int, builds bool) error
 				seq++
 				c := fmt.Sprintf("c%d", seq)
 				ref := fmt.Sprintf("docker.io/overlayfuse/commit%d:latest", seq)
+				// The next measure must not pay for deleting these 40,000
+				// files (containerd's garbage collector does it later).
+				before := snapshotCounts(e, sns)
 				defer func() {
 					_, _ = e.Nerdctl(sn, "rm", "-f", c)
 					_, _ = e.Nerdctl(sn, "rmi", ref)
+					settle(e, sns, before)
 				}()
 				if _, err := e.Nerdctl(sn, "run", "--net", "none", "--name", c, image.LargeName, "cp", "-a", "/many", "/copy"); err != nil {
 					return 0, err
@@ -179,6 +189,9 @@ func run(e *harness.Env, sns []string, tarPath string, n int, builds bool) error
 	fmt.Printf("ofbench: %s, %d runs each (median), snapshotters %v\n", tarPath, n, sns)
 	fmt.Printf("%-34s %12s %12s %8s\n", "measure", "overlayfs", "overlayfuse", "ratio")
 	for _, m := range measures {
+		if !match.MatchString(m.name) {
+			continue
+		}
 		reps := n
 		if strings.HasPrefix(m.name, "start") {
 			reps = 2 * n
@@ -209,6 +222,31 @@ func run(e *harness.Env, sns []string, tarPath string, n int, builds bool) error
 	}
 	fmt.Println("target: overlayfuse within 1.5x of overlayfs; commit faster, builds within 1.2x")
 	return nil
+}
+
+// snapshotCounts returns the number of snapshot directories of each
+// snapshotter.
+func snapshotCounts(e *harness.Env, sns []string) map[string]int {
+	n := map[string]int{}
+	for _, sn := range sns {
+		ents, _ := os.ReadDir(e.SnapshotsDir(sn))
+		n[sn] = len(ents)
+	}
+	return n
+}
+
+// settle waits, for at most two minutes, until no snapshotter has more
+// snapshot directories than before.
+func settle(e *harness.Env, sns []string, before map[string]int) {
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		done := true
+		for sn, n := range snapshotCounts(e, sns) {
+			done = done && n <= before[sn]
+		}
+		if done {
+			return
+		}
+	}
 }
 
 // setupBuilds starts a buildkitd per snapshotter, loads the Go toolchain
