@@ -34,7 +34,10 @@ import (
 // Base is read through its fd, never following a symlink, and the upper
 // dir through the thread's root, so neither can lead outside its tree.
 func upperChanges(ctx context.Context, base *os.File, fn fs.ChangeFunc) error {
-	var opaque []string // directories whose base entries are hidden, innermost last
+	var (
+		opaque []string // directories whose base entries are hidden, innermost last
+		absent string   // a directory base has no directory at: nothing below needs a lookup
+	)
 	return filepath.Walk("/", func(p string, f os.FileInfo, err error) error {
 		if err != nil {
 			return err
@@ -48,11 +51,19 @@ func upperChanges(ctx context.Context, base *os.File, fn fs.ChangeFunc) error {
 		for len(opaque) > 0 && !strings.HasPrefix(p, opaque[len(opaque)-1]+"/") {
 			opaque = opaque[:len(opaque)-1]
 		}
-		b, err := lookupBase(base, p)
-		if err != nil {
-			return err
+		if absent != "" && !strings.HasPrefix(p, absent+"/") {
+			absent = ""
 		}
-		defer b.close()
+		var b *baseEntry
+		if absent == "" {
+			if b, err = lookupBase(base, p); err != nil {
+				return err
+			}
+			defer b.close()
+			if f.IsDir() && (b == nil || !b.isDir()) {
+				absent = p
+			}
+		}
 
 		if isWhiteout(f) {
 			if b == nil {
