@@ -19,7 +19,7 @@ vet:
 test: vet test-unit test-integration
 
 test-unit:
-	$(GO) test -count=1 -timeout 20m ./overlayfuse/... ./snapshotter/... ./cmd/... ./internal/...
+	$(GO) test -count=1 -timeout 20m ./overlayfuse/... ./snapshotter/... ./differ/... ./cmd/... ./internal/...
 
 # The unit tests STRESS_COUNT times in a row (default 20) while caches are
 # dropped every second and a process burns CPU (root; not part of `test`).

@@ -30,6 +30,16 @@ func TestNerdctlCommit(t *testing.T) {
 		"rm /data/keep.txt && rm -r /data/owned && rm -r /data/opaque && mkdir /data/opaque && "+
 			"echo only > /data/opaque/only && echo new > /data/new.txt && echo v4 > /data/overwrite.txt")
 	mustNerdctl(t, e, "commit", c, committed)
+	if snapshotter == "overlayfuse" {
+		// The layer came from the upper dir, and went into the image's
+		// snapshot without FUSE: our differ, not containerd's walking one.
+		log := daemonLog(t, e)
+		for _, w := range []string{"diff created from upper dir", "diff applied to upper dir"} {
+			if !strings.Contains(log, w) {
+				t.Errorf("daemon log lacks %q: the commit did not use our differ", w)
+			}
+		}
+	}
 
 	names := lastLayer(t, e, committed)
 	want := []string{"data/.wh.keep.txt", "data/.wh.owned", "data/new.txt", "data/overwrite.txt", "data/opaque/only"}
@@ -158,4 +168,13 @@ func sortedKeys(m map[string]bool) []string {
 	}
 	sort.Strings(k)
 	return k
+}
+
+func daemonLog(t *testing.T, e interface{ DaemonLog() (string, error) }) string {
+	t.Helper()
+	log, err := e.DaemonLog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return log
 }

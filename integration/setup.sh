@@ -8,12 +8,14 @@
 # .cache/bin: containerd, ctr, containerd-shim-runc-v2 and nerdctl.
 #
 #   apt: runc, busybox-static (the test image's base layer)
-#   Go module proxy: containerd, ctr, containerd-shim-runc-v2 (v2.4.2), nerdctl (v2.2.0)
+#   Go module proxy: containerd, ctr, containerd-shim-runc-v2 (v2.4.2), nerdctl (v2.2.0),
+#     buildkitd and buildctl (v0.32.2; about 5 minutes the first time)
 #   test images: .cache/images/{cases,large}.tar (OCI layout tars)
 set -euo pipefail
 
 CONTAINERD_VERSION=v2.4.2
 NERDCTL_VERSION=v2.2.0
+BUILDKIT_VERSION=v0.32.2
 # The checksum database has no entry for this nerdctl version: pin its hash.
 NERDCTL_SUM="h1:dTJO0gUak1FYg+PyG2+fc6L4Z3TIvH4T+Sa0vQFakAo="
 
@@ -85,6 +87,26 @@ if [ ! -e "$stamp" ] || [ ! -x "$bin/nerdctl" ]; then
 	(cd "$work" &&
 		go build -trimpath -ldflags "-X github.com/containerd/nerdctl/v2/pkg/version.Version=$NERDCTL_VERSION" \
 			-o "$bin/" ./cmd/nerdctl) || die "nerdctl build failed"
+	rm -rf "$work"
+	touch "$stamp"
+fi
+
+# --- BuildKit ------------------------------------------------------------------
+# A module of its own: buildkit's go.mod replaces and pins what `go build` of
+# its packages from here would not resolve alone, and `go install pkg@version`
+# refuses modules with replace directives.
+stamp="$bin/.buildkit-$BUILDKIT_VERSION"
+if [ ! -e "$stamp" ] || [ ! -x "$bin/buildkitd" ] || [ ! -x "$bin/buildctl" ]; then
+	log "building buildkitd and buildctl $BUILDKIT_VERSION (first time: about 5 minutes on 2 cores)"
+	work="$cache/src/buildkit-build"
+	rm -rf "$work"
+	mkdir -p "$work"
+	(cd "$work" &&
+		go mod init overlayfuse.invalid/buildkit-build >/dev/null 2>&1 &&
+		go get "github.com/moby/buildkit/cmd/buildkitd@$BUILDKIT_VERSION" "github.com/moby/buildkit/cmd/buildctl@$BUILDKIT_VERSION" &&
+		go build -trimpath -ldflags "-X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION" \
+			-o "$bin/" github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl) ||
+		die "buildkit build failed"
 	rm -rf "$work"
 	touch "$stamp"
 fi

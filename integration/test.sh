@@ -9,4 +9,4 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${OVERLAYFUSE_INTEGRATION_CACHE:-$here/.cache}
 cd "$here"
 export OVERLAYFUSE_INTEGRATION_BIN="$cache/bin"
-exec go test -count=1 -timeout 10m -v "$@" . ./image/
+exec go test -count=1 -timeout 20m -v "$@" . ./image/

@@ -13,11 +13,17 @@ import (
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+
+	"github.com/overlayfuse/overlayfuse/overlayfuse"
 )
 
 // Commit turns the active snapshot key into the committed snapshot name.
 // Its overlay is unmounted first, so that no writer can change the
-// directory once it is a lower layer of other snapshots.
+// directory once it is a lower layer of other snapshots. A caller may
+// still hold the mounts it got while the snapshot was active (BuildKit
+// mounts a finished step read-only that way, for COPY --from and for the
+// layer's diff), so the same tree is then served again, read-only, at the
+// same place, until the snapshot is removed.
 func (o *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
 	return o.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		id, info, _, err := storage.GetInfo(ctx, key)
@@ -27,6 +33,11 @@ func (o *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		if info.Kind != snapshots.KindActive {
 			return fmt.Errorf("commit snapshot %q: it is %v, not active: %w", key, info.Kind, errdefs.ErrFailedPrecondition)
 		}
+		s, err := storage.GetSnapshot(ctx, key)
+		if err != nil {
+			return fmt.Errorf("commit snapshot %q: %w", key, err)
+		}
+		wasMounted := o.live.has(id)
 		if err := o.live.unmount(ctx, id); err != nil {
 			return fmt.Errorf("commit snapshot %q: end its overlay: %w", key, err)
 		}
@@ -47,6 +58,12 @@ func (o *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 				}
 			}
 			return fmt.Errorf("commit snapshot %q as %q: %w", key, name, err)
+		}
+		if wasMounted {
+			layers := overlayfuse.Layers{Lower: append([]string{o.upperPath(id)}, o.upperPaths(s.ParentIDs)...)}
+			if err := o.live.mount(ctx, id, o.mergedPath(id), layers, mountParams{readOnly: true}); err != nil {
+				log.G(ctx).WithError(err).WithField("key", key).Warn("cannot serve committed snapshot read-only at its old mountpoint")
+			}
 		}
 		return nil
 	})

@@ -42,6 +42,9 @@ type liveMount struct {
 	dev uint64 // the mount's st_dev; its minor is the fusectl connection number
 	// kept is the mount's key in the keeper; empty if not kept.
 	kept string
+	// layers and readOnly are what it serves, for the differ.
+	layers   overlayfuse.Layers
+	readOnly bool
 }
 
 func newLiveMounts(opts overlayfuse.Options, timeout time.Duration, k Keeper) *liveMounts {
@@ -75,6 +78,18 @@ type mountParams struct {
 	uidMap, gidMap []overlayfuse.IDMapping
 }
 
+// at returns the id and layers of the mount served at dir.
+func (l *liveMounts) at(dir string) (id string, layers overlayfuse.Layers, readOnly, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for id, m := range l.servers {
+		if m.dir == dir {
+			return id, m.layers, m.readOnly, true
+		}
+	}
+	return "", overlayfuse.Layers{}, false, false
+}
+
 // mount serves layers at dir for snapshot id. Mounting an id that is
 // already served is a no-op.
 func (l *liveMounts) mount(ctx context.Context, id, dir string, layers overlayfuse.Layers, p mountParams) error {
@@ -93,7 +108,7 @@ func (l *liveMounts) mount(ctx context.Context, id, dir string, layers overlayfu
 	if err != nil {
 		return fmt.Errorf("mount overlay of %d layers at %s: %w", len(layers.Lower), dir, err)
 	}
-	m := &liveMount{srv: srv, dir: dir}
+	m := &liveMount{srv: srv, dir: dir, layers: layers, readOnly: p.readOnly}
 	var st unix.Stat_t
 	if err := unix.Stat(dir, &st); err == nil {
 		m.dev = st.Dev
@@ -119,7 +134,7 @@ func (l *liveMounts) resumeMount(ctx context.Context, id, dir string, layers ove
 	if err != nil {
 		return fmt.Errorf("resume overlay at %s: %w", dir, err)
 	}
-	m := &liveMount{srv: srv, dir: dir, dev: dev}
+	m := &liveMount{srv: srv, dir: dir, dev: dev, layers: layers, readOnly: p.readOnly}
 	// The new server's hand-over replaces the one held.
 	l.keep(ctx, id, m)
 	l.servers[id] = m

@@ -123,10 +123,7 @@ func hasIDMapping(info snapshots.Info) bool {
 // unpack one overlay mount that containerd writes into without mounting.
 func (o *Snapshotter) mounts(s storage.Snapshot, info snapshots.Info) []mount.Mount {
 	if isUnpack(s, info) {
-		lower := make([]string, len(s.ParentIDs))
-		for i, p := range s.ParentIDs {
-			lower[i] = o.upperPath(p)
-		}
+		lower := o.upperPaths(s.ParentIDs)
 		return []mount.Mount{{
 			Type:   "overlay",
 			Source: "overlay",
@@ -196,11 +193,8 @@ func (o *Snapshotter) resumeOverlay(ctx context.Context, s storage.Snapshot, inf
 
 // overlayLayers are the layers and mount parameters of the overlay of s.
 func (o *Snapshotter) overlayLayers(s storage.Snapshot, info snapshots.Info) (overlayfuse.Layers, mountParams, error) {
-	layers := overlayfuse.Layers{Lower: make([]string, len(s.ParentIDs))}
 	// ParentIDs lists the nearest parent first, as overlayfuse wants.
-	for i, p := range s.ParentIDs {
-		layers.Lower[i] = o.upperPath(p)
-	}
+	layers := overlayfuse.Layers{Lower: o.upperPaths(s.ParentIDs)}
 	readOnly := s.Kind == snapshots.KindView
 	if !readOnly {
 		layers.Upper = o.upperPath(s.ID)

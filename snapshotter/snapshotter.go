@@ -247,6 +247,15 @@ func (o *Snapshotter) upperPath(id string) string {
 	return filepath.Join(o.root, "snapshots", id, "fs")
 }
 
+// upperPaths maps snapshot ids to their layer directories.
+func (o *Snapshotter) upperPaths(ids []string) []string {
+	dirs := make([]string, len(ids))
+	for i, id := range ids {
+		dirs[i] = o.upperPath(id)
+	}
+	return dirs
+}
+
 func (o *Snapshotter) workPath(id string) string {
 	return filepath.Join(o.root, "snapshots", id, "work")
 }

@@ -16,8 +16,9 @@ import (
 )
 
 const (
-	defaultAddress = "/run/containerd-overlay-grpc/containerd-overlay-grpc.sock"
-	defaultRoot    = "/var/lib/containerd-overlay-grpc"
+	defaultAddress           = "/run/containerd-overlay-grpc/containerd-overlay-grpc.sock"
+	defaultRoot              = "/var/lib/containerd-overlay-grpc"
+	defaultContainerdAddress = "/run/containerd/containerd.sock"
 )
 
 // config is the daemon's configuration. The TOML keys are the flag names.
@@ -30,6 +31,9 @@ type config struct {
 	// MetricsAddress is a host:port to serve Prometheus /metrics on;
 	// empty serves none.
 	MetricsAddress string `toml:"metrics-address"`
+	// ContainerdAddress is containerd's socket, whose content store the
+	// differ reads and writes layers in.
+	ContainerdAddress string `toml:"containerd-address"`
 }
 
 func defaultConfig() config {
@@ -39,6 +43,8 @@ func defaultConfig() config {
 		LogLevel:    "info",
 		Passthrough: string(overlayfuse.PassthroughAuto),
 		Consistency: string(overlayfuse.ConsistencyDefault),
+
+		ContainerdAddress: defaultContainerdAddress,
 	}
 }
 
@@ -68,6 +74,7 @@ func parseArgs(args []string, usage io.Writer) (options, error) {
 	fs.StringVar(&flags.Passthrough, "passthrough", def.Passthrough, "FUSE passthrough: auto, on or off")
 	fs.StringVar(&flags.Consistency, "consistency", def.Consistency, "default or strict")
 	fs.StringVar(&flags.MetricsAddress, "metrics-address", "", "host:port to serve Prometheus metrics on at /metrics (default none)")
+	fs.StringVar(&flags.ContainerdAddress, "containerd-address", def.ContainerdAddress, "containerd's socket: the differ keeps layers in its content store")
 	fs.StringVar(&configFile, "config", "", "TOML file whose keys are the flag names (but config and version)")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -113,6 +120,8 @@ func parseArgs(args []string, usage io.Writer) (options, error) {
 			o.config.Consistency = flags.Consistency
 		case "metrics-address":
 			o.config.MetricsAddress = flags.MetricsAddress
+		case "containerd-address":
+			o.config.ContainerdAddress = flags.ContainerdAddress
 		}
 	})
 	err := o.config.validate()
@@ -172,6 +181,9 @@ func (c config) validate() error {
 	}
 	if len(c.Address) > maxSocketPath {
 		return &valueError{"address", c.Address, fmt.Sprintf("%d bytes long, but a unix socket path may have at most %d", len(c.Address), maxSocketPath)}
+	}
+	if c.ContainerdAddress == "" {
+		return &valueError{"containerd-address", c.ContainerdAddress, "want a socket path"}
 	}
 	if c.Root == "" {
 		return &valueError{"root", c.Root, "want a directory"}

@@ -16,14 +16,15 @@ log-level = "debug"
 passthrough = "off"
 consistency = "strict"
 metrics-address = "127.0.0.1:9311"
+containerd-address = "/file-containerd.sock"
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	o, err := parseArgs([]string{"--config", file, "--root", "/flag-root", "--passthrough", "on"}, io.Discard)
+	o, err := parseArgs([]string{"--config", file, "--root", "/flag-root", "--passthrough", "on", "--containerd-address", "/flag-containerd.sock"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := config{Address: "/file.sock", Root: "/flag-root", LogLevel: "debug", Passthrough: "on", Consistency: "strict", MetricsAddress: "127.0.0.1:9311"}
+	want := config{Address: "/file.sock", Root: "/flag-root", LogLevel: "debug", Passthrough: "on", Consistency: "strict", MetricsAddress: "127.0.0.1:9311", ContainerdAddress: "/flag-containerd.sock"}
 	if o.config != want {
 		t.Errorf("got %+v, want %+v", o.config, want)
 	}

@@ -40,6 +40,18 @@ func TestContainerdConfigExample(t *testing.T) {
 	if !slices.Contains(p.Capabilities, "remap-ids") {
 		t.Errorf("proxy_plugins.overlayfuse capabilities %v: no remap-ids", p.Capabilities)
 	}
+	if d := c.ProxyPlugins["overlayfuse-diff"]; d.Type != "diff" || d.Address != defaultAddress {
+		t.Errorf("proxy_plugins.overlayfuse-diff: %+v", d)
+	}
+	var diffService struct {
+		Order []string `toml:"default"`
+	}
+	if _, err := c.Decode(ctx, "io.containerd.service.v1.diff-service", &diffService); err != nil {
+		t.Fatal(err)
+	}
+	if len(diffService.Order) < 2 || diffService.Order[0] != "overlayfuse-diff" || diffService.Order[len(diffService.Order)-1] != "walking" {
+		t.Errorf("diff-service default %q: want overlayfuse-diff first, walking last", diffService.Order)
+	}
 
 	var transfer struct {
 		Unpack []struct {

@@ -1,8 +1,12 @@
 // Command containerd-overlay-grpc serves the overlayfuse snapshotter to
-// containerd as a proxy snapshotter plugin, over gRPC on a unix socket:
+// containerd as a proxy snapshotter plugin, and the differ of its
+// snapshots as a proxy diff plugin, over gRPC on one unix socket:
 //
 //	[proxy_plugins.overlayfuse]
 //	  type = "snapshot"
+//	  address = "/run/containerd-overlay-grpc/containerd-overlay-grpc.sock"
+//	[proxy_plugins.overlayfuse-diff]
+//	  type = "diff"
 //	  address = "/run/containerd-overlay-grpc/containerd-overlay-grpc.sock"
 //
 // Every active snapshot is an overlayfuse mount served by this process.
@@ -143,7 +147,7 @@ func serve(c config) (err error) {
 	}
 	var m *metrics.Metrics
 	// A panic in one request fails that request, not every container.
-	unary := []grpc.UnaryServerInterceptor{recoverUnary}
+	unary := []grpc.UnaryServerInterceptor{recoverUnary, namespaceInterceptor}
 	stream := []grpc.StreamServerInterceptor{recoverStream}
 	if ms != nil {
 		m = metrics.New()
@@ -171,6 +175,11 @@ func serve(c config) (err error) {
 	}
 	srv := grpc.NewServer(grpcOpts...)
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+	containerd, err := registerDiff(srv, sn, c.ContainerdAddress)
+	if err != nil {
+		return err
+	}
+	defer containerd.Close()
 	if ms != nil {
 		m.AddSnapshotter(sn)
 		ms.serve(ctx, m)

@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -64,7 +66,7 @@ func (e *Env) Close() error {
 		return nil
 	}
 	e.closed = true
-	var errs []error
+	errs := []error{e.stopBuildkitd()}
 	if e.containerd != nil {
 		errs = append(errs, e.removeContainers())
 	}
@@ -103,9 +105,18 @@ func (e *Env) removeContainers() error {
 // shim killed alone orphans them). The shims carry our socket path in their
 // arguments, so no other containerd's shim matches.
 func (e *Env) killShims() error {
-	shims, err := PidsWithArg(e.Address)
-	if err != nil || len(shims) == 0 {
+	pids, err := PidsWithArg(e.Address)
+	if err != nil {
 		return err
+	}
+	// Our daemon has the socket in its arguments too (--containerd-address).
+	shims := slices.DeleteFunc(pids, func(pid int) bool {
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+		arg0, _, _ := strings.Cut(string(b), "\x00")
+		return err != nil || !strings.HasPrefix(filepath.Base(arg0), "containerd-shim")
+	})
+	if len(shims) == 0 {
+		return nil
 	}
 	kids := descendants(shims)
 	for _, pid := range append(kids, shims...) {

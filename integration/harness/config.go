@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 
 	"github.com/pelletier/go-toml/v2"
 )
@@ -79,6 +80,22 @@ func (e *Env) writeConfig(example string) error {
 			ex["root"] = e.DaemonRoot
 		}
 		pp[name] = m
+	}
+	if e.opts.Daemon == "" {
+		// Baseline runs have no daemon to answer a diff call: containerd's
+		// own differs only.
+		const diffService = "io.containerd.service.v1.diff-service"
+		ds, _ := plugins[diffService].(map[string]any)
+		order, _ := ds["default"].([]any)
+		for name, v := range pp {
+			if m, _ := v.(map[string]any); m["type"] == "diff" {
+				delete(pp, name)
+				order = slices.DeleteFunc(order, func(n any) bool { return n == name })
+			}
+		}
+		if ds != nil {
+			ds["default"] = order
+		}
 	}
 
 	tr, _ := plugins[transferPlugin].(map[string]any)

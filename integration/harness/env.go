@@ -42,6 +42,7 @@ type Env struct {
 	Namespace     string // containerd namespace, unique per Env (cgroup and runc paths use it)
 
 	containerd, daemon *proc
+	buildkitd          map[string]*proc // by snapshotter
 	closed             bool
 }
 
@@ -101,7 +102,8 @@ func (e *Env) StartDaemon() error {
 		return errors.New("daemon already running")
 	}
 	p, err := e.spawn("daemon.log", e.opts.Daemon, append([]string{
-		"--address", e.DaemonAddress, "--root", e.DaemonRoot, "--log-level", e.opts.LogLevel}, e.opts.Flags...)...)
+		"--address", e.DaemonAddress, "--root", e.DaemonRoot, "--log-level", e.opts.LogLevel,
+		"--containerd-address", e.Address}, e.opts.Flags...)...)
 	if err != nil {
 		return err
 	}
@@ -225,6 +227,12 @@ func (e *Env) environ() []string {
 // Run runs bin with args, with a timeout, and returns its stdout; the error
 // carries stdout and stderr.
 func (e *Env) Run(timeout time.Duration, bin string, args ...string) (string, error) {
+	out, _, err := e.RunStderr(timeout, bin, args...)
+	return out, err
+}
+
+// RunStderr is Run that also returns stderr (BuildKit's progress).
+func (e *Env) RunStderr(timeout time.Duration, bin string, args ...string) (string, string, error) {
 	if e.opts.Verbose != nil {
 		fmt.Fprintf(e.opts.Verbose, "+ %s %s\n", filepath.Base(bin), strings.Join(args, " "))
 	}
@@ -237,9 +245,9 @@ func (e *Env) Run(timeout time.Duration, bin string, args ...string) (string, er
 	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
 	if err != nil {
-		return out.String(), fmt.Errorf("%s %s: %w\nstdout: %s\nstderr: %s", filepath.Base(bin), strings.Join(args, " "), err, out.String(), errOut.String())
+		return out.String(), errOut.String(), fmt.Errorf("%s %s: %w\nstdout: %s\nstderr: %s", filepath.Base(bin), strings.Join(args, " "), err, out.String(), errOut.String())
 	}
-	return out.String(), nil
+	return out.String(), errOut.String(), nil
 }
 
 // Ctr runs ctr against this containerd.
@@ -253,6 +261,16 @@ func (e *Env) Nerdctl(sn string, args ...string) (string, error) {
 	a := append([]string{"--address", e.Address, "--namespace", e.Namespace,
 		"--data-root", e.NerdctlRoot, "--snapshotter", sn, "--cgroup-manager", "cgroupfs"}, args...)
 	return e.Run(2*time.Minute, filepath.Join(e.opts.BinDir, "nerdctl"), a...)
+}
+
+// NerdctlBuild runs nerdctl build on snapshotter sn with buildkitd host,
+// and returns its output and progress (stdout, then stderr).
+func (e *Env) NerdctlBuild(timeout time.Duration, sn, host string, args ...string) (string, error) {
+	a := append([]string{"--address", e.Address, "--namespace", e.Namespace,
+		"--data-root", e.NerdctlRoot, "--snapshotter", sn, "--cgroup-manager", "cgroupfs",
+		"build", "--buildkit-host", host}, args...)
+	out, progress, err := e.RunStderr(timeout, filepath.Join(e.opts.BinDir, "nerdctl"), a...)
+	return out + progress, err
 }
 
 // SnapshotsDir is where snapshotter sn keeps snapshots/<id>/fs.
@@ -269,11 +287,13 @@ func (e *Env) ContainerdLog() (string, error) {
 	return string(b), err
 }
 
-// Logs returns the last n lines of the containerd and daemon logs.
+// Logs returns the last n lines of the containerd, daemon and buildkitd
+// logs.
 func (e *Env) Logs(n int) string {
 	var b strings.Builder
-	for _, name := range []string{"containerd.log", "daemon.log"} {
-		data, err := os.ReadFile(filepath.Join(e.Dir, name))
+	bk, _ := filepath.Glob(filepath.Join(e.Dir, "buildkitd-*.log"))
+	for _, name := range append([]string{"containerd.log", "daemon.log"}, bk...) {
+		data, err := os.ReadFile(filepath.Join(e.Dir, filepath.Base(name)))
 		if err != nil {
 			continue
 		}
@@ -281,7 +301,7 @@ func (e *Env) Logs(n int) string {
 		if len(lines) > n {
 			lines = lines[len(lines)-n:]
 		}
-		fmt.Fprintf(&b, "==== %s (last %d lines)\n%s\n", name, len(lines), strings.Join(lines, "\n"))
+		fmt.Fprintf(&b, "==== %s (last %d lines)\n%s\n", filepath.Base(name), len(lines), strings.Join(lines, "\n"))
 	}
 	return b.String()
 }

@@ -1,6 +1,7 @@
-// Command ofbench times image import/unpack and container start through the
-// overlayfuse proxy snapshotter against containerd's built-in overlayfs
-// snapshotter, in one private containerd, and prints the ratios.
+// Command ofbench times image import/unpack, container start, nerdctl
+// commit and a BuildKit Go build through the overlayfuse proxy snapshotter
+// against containerd's built-in overlayfs snapshotter, in one private
+// containerd, and prints the ratios.
 //
 //	ofbench -bin integration/.cache/bin -daemon bin/containerd-overlay-grpc \
 //	        -image integration/.cache/images/large.tar
@@ -10,7 +11,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -25,7 +28,13 @@ func main() {
 	config := flag.String("config", "config.toml.example", "containerd config")
 	tarPath := flag.String("image", "integration/.cache/images/large.tar", "large image tar")
 	n := flag.Int("n", 5, "repetitions of each measure (starts: 2n)")
+	builds := flag.Bool("builds", true, "also time nerdctl commit and nerdctl build (BuildKit)")
+	only := flag.String("only", "", "regexp: run only the measures whose name matches")
 	flag.Parse()
+	match, err := regexp.Compile(*only)
+	if err != nil {
+		fail(fmt.Errorf("-only: %w", err))
+	}
 
 	sns := []string{"overlayfs"}
 	if *daemon != "" {
@@ -36,7 +45,7 @@ func main() {
 		fail(err)
 	}
 	e.CloseOnSignal()
-	err = run(e, sns, *tarPath, *n)
+	err = run(e, sns, *tarPath, *n, *builds, match)
 	if cerr := e.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
@@ -55,9 +64,23 @@ type measure struct {
 	run  func(e *harness.Env, sn string) (time.Duration, error)
 }
 
-func run(e *harness.Env, sns []string, tarPath string, n int) error {
+func run(e *harness.Env, sns []string, tarPath string, n int, builds bool, match *regexp.Regexp) error {
 	if err := e.Start(); err != nil {
 		return fmt.Errorf("%w\n%s", err, e.Logs(40))
+	}
+	// The build setup comes after the measures that clean: its images and
+	// BuildKit's cache would keep the snapshot directories from emptying.
+	var (
+		hosts map[string]string
+		goCtx string
+	)
+	setup := func() error {
+		if hosts != nil {
+			return nil
+		}
+		var err error
+		hosts, goCtx, err = setupBuilds(e, sns)
+		return err
 	}
 	seq := 0
 	timed := func(f func() error) (time.Duration, error) {
@@ -165,9 +188,48 @@ func run(e *harness.Env, sns []string, tarPath string, n int) error {
 		}},
 	}
 	medians := map[string]map[string]time.Duration{}
+	if builds {
+		measures = append(measures,
+			measure{"nerdctl commit, 20,000 new files", func(e *harness.Env, sn string) (time.Duration, error) {
+				seq++
+				c := fmt.Sprintf("c%d", seq)
+				ref := fmt.Sprintf("docker.io/overlayfuse/commit%d:latest", seq)
+				// The next measure must not pay for deleting these 40,000
+				// files (containerd's garbage collector does it later).
+				before := snapshotCounts(e, sns)
+				defer func() {
+					_, _ = e.Nerdctl(sn, "rm", "-f", c)
+					_, _ = e.Nerdctl(sn, "rmi", ref)
+					settle(e, sns, before)
+				}()
+				if _, err := e.Nerdctl(sn, "run", "--net", "none", "--name", c, image.LargeName, "cp", "-a", "/many", "/copy"); err != nil {
+					return 0, err
+				}
+				return timed(func() error {
+					_, err := e.Nerdctl(sn, "commit", c, ref)
+					return err
+				})
+			}},
+			measure{"nerdctl build, Go module, cold", func(e *harness.Env, sn string) (time.Duration, error) {
+				if err := setup(); err != nil {
+					return 0, err
+				}
+				return timed(func() error { return build(e, sn, hosts[sn], goCtx, "--no-cache") })
+			}},
+			measure{"nerdctl build, Go module, cached", func(e *harness.Env, sn string) (time.Duration, error) {
+				if err := setup(); err != nil {
+					return 0, err
+				}
+				return timed(func() error { return build(e, sn, hosts[sn], goCtx) })
+			}},
+		)
+	}
 	fmt.Printf("ofbench: %s, %d runs each (median), snapshotters %v\n", tarPath, n, sns)
 	fmt.Printf("%-34s %12s %12s %8s\n", "measure", "overlayfs", "overlayfuse", "ratio")
 	for _, m := range measures {
+		if !match.MatchString(m.name) {
+			continue
+		}
 		reps := n
 		if strings.HasPrefix(m.name, "start") && !strings.Contains(m.name, "chowned") {
 			reps = 2 * n
@@ -200,7 +262,7 @@ func run(e *harness.Env, sns []string, tarPath string, n int) error {
 		}
 		fmt.Println(line)
 	}
-	fmt.Println("target: overlayfuse within 1.5x of overlayfs")
+	fmt.Println("target: overlayfuse within 1.5x of overlayfs; commit faster, builds within 1.2x")
 	for _, sn := range sns {
 		plain, mapped := medians["start (ctr run --rm true)"][sn], medians["start, user namespace (idmapped)"][sn]
 		fmt.Printf("%s: start with a mapping / without: %.2fx; chowned copy / without: %.2fx\n", sn,
@@ -225,6 +287,91 @@ func snapshotKeys(e *harness.Env, sn string) (map[string]bool, error) {
 		}
 	}
 	return keys, nil
+}
+
+// snapshotCounts returns the number of snapshot directories of each
+// snapshotter.
+func snapshotCounts(e *harness.Env, sns []string) map[string]int {
+	n := map[string]int{}
+	for _, sn := range sns {
+		ents, _ := os.ReadDir(e.SnapshotsDir(sn))
+		n[sn] = len(ents)
+	}
+	return n
+}
+
+// settle waits, for at most two minutes, until no snapshotter has more
+// snapshot directories than before.
+func settle(e *harness.Env, sns []string, before map[string]int) {
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		done := true
+		for sn, n := range snapshotCounts(e, sns) {
+			done = done && n <= before[sn]
+		}
+		if done {
+			return
+		}
+	}
+}
+
+// setupBuilds starts a buildkitd per snapshotter, loads the Go toolchain
+// image (the host's GOROOT) on each, and writes the Go module's build
+// context; it returns the buildkitd addresses and the context directory.
+func setupBuilds(e *harness.Env, sns []string) (map[string]string, string, error) {
+	goroot, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		return nil, "", fmt.Errorf("go env GOROOT: %w", err)
+	}
+	layers, err := image.GoLayers(strings.TrimSpace(string(goroot)))
+	if err != nil {
+		return nil, "", err
+	}
+	goTar := filepath.Join(e.Dir, "go.tar")
+	f, err := os.Create(goTar)
+	if err != nil {
+		return nil, "", err
+	}
+	err = image.Write(f, image.GoName, layers, []string{"/bin/sh"})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	dir := filepath.Join(e.Dir, "goctx")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return nil, "", err
+	}
+	files := map[string]string{"Dockerfile": image.GoDockerfile}
+	for name, data := range image.GoModule {
+		files[name] = data
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			return nil, "", err
+		}
+	}
+	hosts := map[string]string{}
+	for _, sn := range sns {
+		if hosts[sn], err = e.StartBuildkitd(sn); err != nil {
+			return nil, "", err
+		}
+		if _, err := e.Nerdctl(sn, "load", "-i", goTar); err != nil {
+			return nil, "", err
+		}
+		// The first build fills the cache of the "cached" measure.
+		if err := build(e, sn, hosts[sn], dir); err != nil {
+			return nil, "", err
+		}
+	}
+	return hosts, dir, nil
+}
+
+// build builds the Go module's Dockerfile with nerdctl build.
+func build(e *harness.Env, sn, host, dir string, args ...string) error {
+	args = append([]string{"--pull=false", "--progress=plain", "-t", "docker.io/overlayfuse/hello:latest"}, args...)
+	_, err := e.NerdctlBuild(15*time.Minute, sn, host, append(args, dir)...)
+	return err
 }
 
 func median(ds []time.Duration) time.Duration {
