@@ -89,12 +89,16 @@ func newServer(mountpoint string, layers Layers, opts Options, state *os.File) (
 	if err := checkUmask(); err != nil {
 		return nil, err
 	}
-	st, err := os.Stat(mountpoint)
-	if err != nil {
-		return nil, fmt.Errorf("mountpoint: %w", err)
-	}
-	if !st.IsDir() {
-		return nil, fmt.Errorf("mountpoint %s: not a directory", mountpoint)
+	// The mountpoint of a mount taken over is not looked at: any request
+	// to it waits for a server, which is us.
+	if state == nil {
+		st, err := os.Stat(mountpoint)
+		if err != nil {
+			return nil, fmt.Errorf("mountpoint: %w", err)
+		}
+		if !st.IsDir() {
+			return nil, fmt.Errorf("mountpoint %s: not a directory", mountpoint)
+		}
 	}
 	ofs, err := newOverlayFS(layers, opts)
 	if err != nil {

@@ -4,6 +4,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -47,7 +49,15 @@ func TestSnapshotterSuiteThroughDaemon(t *testing.T) {
 		}
 		return sn, func() error {
 			_ = closeConn()
-			return d.stop(syscall.SIGTERM)
+			if err := d.stop(syscall.SIGTERM); err != nil {
+				return err
+			}
+			// SIGTERM hands the mounts over to a next daemon; the suite
+			// removes the root next, so end them.
+			if out, err := exec.Command(daemonBin, "unmount-all", "--root", root).CombinedOutput(); err != nil {
+				return fmt.Errorf("unmount-all: %v: %s", err, out)
+			}
+			return nil
 		}, nil
 	})
 }
