@@ -150,6 +150,7 @@ var (
 	_ fs.FileReaddirenter = (*dirHandle)(nil)
 	_ fs.FileSeekdirer    = (*dirHandle)(nil)
 	_ fs.FileFsyncdirer   = (*dirHandle)(nil)
+	_ fs.FileLookuper     = (*dirHandle)(nil)
 )
 
 func (d *dirHandle) load() syscall.Errno {
@@ -253,4 +254,18 @@ func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 	}
 	defer unix.Close(dfd)
 	return d.n.ofs.toErrno(unix.Fsync(dfd))
+}
+
+// Lookup looks up an entry of a READDIRPLUS reply. The bridge gives the
+// kernel the node it returns, so the state file counts it here, as
+// requestFS does for the other replies that give out nodes.
+func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	ch, errno := d.n.Lookup(ctx, name, out)
+	if errno == 0 {
+		if c, ok := ch.Operations().(*node); ok {
+			a := ch.StableAttr()
+			d.n.ofs.state.entered(a.Ino, c.ino, a.Gen, d.n.StableAttr().Ino, name)
+		}
+	}
+	return ch, errno
 }
