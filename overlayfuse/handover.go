@@ -121,7 +121,9 @@ func Resume(mountpoint string, layers Layers, opts Options, h Handover) (*Server
 	if err := s.ofs.afterMount(); err != nil {
 		return fail(err)
 	}
-	s.ofs.restore(s.req)
+	if err := s.ofs.restoreSafely(s.req); err != nil {
+		return fail(err)
+	}
 	s.start(srv)
 	if srv.KernelSettings().Flags64()&fuse.CAP_HAS_RESEND != 0 {
 		if err := notifyResend(s.dev); err != nil {

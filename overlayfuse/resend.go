@@ -22,7 +22,7 @@ func (r *requestFS) resentMade(c <-chan struct{}, s fuse.Status, h *fuse.InHeade
 	if s != fuse.Status(syscall.EEXIST) || !resent(h) {
 		return s
 	}
-	if r.next.Lookup(c, h, name, out) != fuse.OK {
+	if r.next.Lookup(c, h, name, out) != fuse.OK || out.NodeId == 0 {
 		return s
 	}
 	if out.Attr.Mode&syscall.S_IFMT != mode&syscall.S_IFMT {
@@ -49,7 +49,7 @@ func (r *requestFS) resentRename(c <-chan struct{}, s fuse.Status, in *fuse.Rena
 	h := in.InHeader
 	h.NodeId = in.Newdir
 	var out fuse.EntryOut
-	if r.next.Lookup(c, &h, newName, &out) != fuse.OK {
+	if r.next.Lookup(c, &h, newName, &out) != fuse.OK || out.NodeId == 0 {
 		return s
 	}
 	r.next.Forget(out.NodeId, 1)
@@ -61,7 +61,7 @@ func (r *requestFS) resentLink(c <-chan struct{}, s fuse.Status, in *fuse.LinkIn
 	if s != fuse.Status(syscall.EEXIST) || !resent(&in.InHeader) {
 		return s
 	}
-	if r.next.Lookup(c, &in.InHeader, name, out) != fuse.OK {
+	if r.next.Lookup(c, &in.InHeader, name, out) != fuse.OK || out.NodeId == 0 {
 		return s
 	}
 	if out.NodeId != in.Oldnodeid {
@@ -77,7 +77,7 @@ func (r *requestFS) resentCreate(c <-chan struct{}, s fuse.Status, in *fuse.Crea
 	if s != fuse.Status(syscall.EEXIST) || !resent(&in.InHeader) {
 		return s
 	}
-	if r.next.Lookup(c, &in.InHeader, name, &out.EntryOut) != fuse.OK {
+	if r.next.Lookup(c, &in.InHeader, name, &out.EntryOut) != fuse.OK || out.NodeId == 0 {
 		return s
 	}
 	if out.Attr.Mode&syscall.S_IFMT != syscall.S_IFREG {

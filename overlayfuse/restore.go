@@ -2,6 +2,7 @@ package overlayfuse
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strconv"
 	"syscall"
@@ -109,12 +110,24 @@ func (ofs *overlayFS) restore(r *requestFS) {
 	}
 }
 
+// restoreSafely is restore, failing instead of panicking: the caller
+// then mounts anew rather than the daemon dying.
+func (ofs *overlayFS) restoreSafely(r *requestFS) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("restore: %v", p)
+		}
+	}()
+	ofs.restore(r)
+	return nil
+}
+
 // restoreNode makes the bridge know node rec.
 func (ofs *overlayFS) restoreNode(r *requestFS, rec *nodeRecord, known map[uint64]bool) bool {
 	var out fuse.EntryOut
 	if rec.flags&(nodeOrphan|nodeRetired) == 0 && !rec.busy && known[rec.parent] {
 		h := fuse.InHeader{NodeId: rec.parent}
-		if r.next.Lookup(nil, &h, rec.name, &out) == fuse.OK {
+		if r.next.Lookup(nil, &h, rec.name, &out) == fuse.OK && out.NodeId != 0 { // 0: a cached miss
 			if out.NodeId == rec.id {
 				return true
 			}
