@@ -28,14 +28,20 @@ func (ofs *overlayFS) nodeIDLocked(ino, gen uint64) uint64 {
 	if id, ok := ofs.extraIDs[k]; ok {
 		return id
 	}
+	id := extraIDBit | ofs.state.nextExtraID()
+	ofs.setExtraIDLocked(ino, gen, id)
+	return id
+}
+
+// setExtraIDLocked records id as the node id of generation gen of ino.
+// ofs.mu held.
+func (ofs *overlayFS) setExtraIDLocked(ino, gen, id uint64) {
 	if ofs.extraIDs == nil {
 		ofs.extraIDs = map[idKey]uint64{}
 		ofs.extraInos = map[uint64]uint64{}
 	}
-	id := extraIDBit | ofs.state.nextExtraID()
-	ofs.extraIDs[k] = id
+	ofs.extraIDs[idKey{ino, gen}] = id
 	ofs.extraInos[id] = ino
-	return id
 }
 
 // freshAttr is the stable attributes of a new node for inode ino, whose

@@ -27,12 +27,7 @@ func (ofs *overlayFS) restore(r *requestFS) {
 		if rec.id&extraIDBit != 0 && rec.flags&nodeRetired == 0 {
 			// The node the name shows now: a lookup must find this id.
 			ofs.mu.Lock()
-			if ofs.extraIDs == nil {
-				ofs.extraIDs = map[idKey]uint64{}
-				ofs.extraInos = map[uint64]uint64{}
-			}
-			ofs.extraIDs[idKey{rec.ino, rec.gen}] = rec.id
-			ofs.extraInos[rec.id] = rec.ino
+			ofs.setExtraIDLocked(rec.ino, rec.gen, rec.id)
 			ofs.gens[rec.ino] = max(ofs.gens[rec.ino], rec.gen)
 			ofs.mu.Unlock()
 		}

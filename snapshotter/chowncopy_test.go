@@ -47,25 +47,12 @@ func TestChownCopyWithHardLinks(t *testing.T) {
 	testutil.RequireKernelOverlay(t)
 	ctx := context.Background()
 	s, _ := newTestSnapshotter(t)
-	commitLayer(ctx, t, s, "base", "", map[string]string{"d/hard1": "linked"})
-	// The second name of the hard link, in a layer of its own.
-	m, err := s.Prepare(ctx, "links-active", "base")
-	if err != nil {
-		t.Fatal(err)
-	}
-	target := mounttest.MountAt(t, m)
-	if err := os.Link(filepath.Join(target, "d/hard1"), filepath.Join(target, "d/hard2")); err != nil {
-		t.Fatal(err)
-	}
-	mounttest.Detach(t, target)
-	if err := s.Commit(ctx, "links", "links-active"); err != nil {
-		t.Fatal(err)
-	}
+	commitHardLinkLayers(ctx, t, s)
 
 	// What the client does: Prepare "<digest>-remap", walk, Commit.
 	const base = 200000
 	key := "default/7/sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef-remap"
-	m, err = s.Prepare(ctx, key, "links")
+	m, err := s.Prepare(ctx, key, "links")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +78,7 @@ func TestChownCopyWithHardLinks(t *testing.T) {
 	if m[0].Type != "bind" || !isFUSEMount(t, m[0].Source) || slices.ContainsFunc(m[0].Options, func(o string) bool { return strings.HasPrefix(o, "uidmap=") }) {
 		t.Fatalf("container snapshot %+v: want a bind of its FUSE overlay without an idmap", m)
 	}
-	target = mounttest.MountAt(t, m)
+	target := mounttest.MountAt(t, m)
 	for _, p := range []string{".", "d", "d/hard1", "d/hard2"} {
 		if got := owner(t, filepath.Join(target, p)); got != [2]uint32{base, base} {
 			t.Errorf("%s owned by %v, want %d", p, got, base)
@@ -112,24 +99,12 @@ func TestChownCopyWithHardLinks(t *testing.T) {
 func TestChownWalkOnFUSEFails(t *testing.T) {
 	ctx := context.Background()
 	s, _ := newTestSnapshotter(t)
-	commitLayer(ctx, t, s, "base", "", map[string]string{"d/hard1": "linked"})
-	m, err := s.Prepare(ctx, "links-active", "base")
+	commitHardLinkLayers(ctx, t, s)
+	m, err := s.Prepare(ctx, "plain", "links")
 	if err != nil {
 		t.Fatal(err)
 	}
 	target := mounttest.MountAt(t, m)
-	if err := os.Link(filepath.Join(target, "d/hard1"), filepath.Join(target, "d/hard2")); err != nil {
-		t.Fatal(err)
-	}
-	mounttest.Detach(t, target)
-	if err := s.Commit(ctx, "links", "links-active"); err != nil {
-		t.Fatal(err)
-	}
-	m, err = s.Prepare(ctx, "plain", "links")
-	if err != nil {
-		t.Fatal(err)
-	}
-	target = mounttest.MountAt(t, m)
 	if err := chownWalk(target, 200000); err == nil {
 		t.Fatal("chown walk through the FUSE overlay succeeded: the hard link was split")
 	}
@@ -145,4 +120,23 @@ func snapshotID(ctx context.Context, t *testing.T, s *Snapshotter, key string) s
 		t.Fatal(err)
 	}
 	return id
+}
+
+// commitHardLinkLayers commits "base" with d/hard1 and on it "links", which
+// adds d/hard2 as a second name of the same file.
+func commitHardLinkLayers(ctx context.Context, t *testing.T, s *Snapshotter) {
+	t.Helper()
+	commitLayer(ctx, t, s, "base", "", map[string]string{"d/hard1": "linked"})
+	m, err := s.Prepare(ctx, "links-active", "base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := mounttest.MountAt(t, m)
+	if err := os.Link(filepath.Join(target, "d/hard1"), filepath.Join(target, "d/hard2")); err != nil {
+		t.Fatal(err)
+	}
+	mounttest.Detach(t, target)
+	if err := s.Commit(ctx, "links", "links-active"); err != nil {
+		t.Fatal(err)
+	}
 }
